@@ -1,0 +1,90 @@
+"""Basic cells whose parameters carry PyTorch's names (``weight``/``bias``) and layouts.
+
+MindSpore's stock ``nn.Embedding``/``nn.LayerNorm`` name their parameters ``embedding_table``/``gamma``;
+using these instead keeps every checkpoint key identical to the reference's.
+Parameters are created lazily (``initializer``) so a real-size model allocates memory only when
+weights are loaded into it.
+"""
+from __future__ import annotations
+
+import mindspore as ms
+from mindspore import Parameter, mint, nn, ops
+from mindspore.common.initializer import Normal, One, Zero, initializer
+
+
+def _param(shape: tuple[int, ...], dtype: ms.Type, init=None) -> Parameter:
+    return Parameter(initializer(init or Normal(0.02), shape, dtype))
+
+
+class Linear(nn.Cell):
+    """y = x W^T + b with W of shape (out, in), as in ``torch.nn.Linear``."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype: ms.Type = ms.float32):
+        super().__init__()
+        self.weight = _param((out_features, in_features), dtype)
+        self.bias = _param((out_features,), dtype, Zero()) if bias else None
+
+    def construct(self, x):
+        return mint.nn.functional.linear(x, self.weight, self.bias)
+
+
+class Embedding(nn.Cell):
+    """Row lookup in ``weight`` (num_embeddings, dim)."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, dtype: ms.Type = ms.float32):
+        super().__init__()
+        self.weight = _param((num_embeddings, embedding_dim), dtype)
+
+    def construct(self, ids):
+        return ops.gather(self.weight, ids, 0)
+
+
+class LayerNorm(nn.Cell):
+    """Layer norm computed in fp32 and cast back; affine parameters optional."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True,
+                 dtype: ms.Type = ms.float32):
+        super().__init__()
+        self.dim = dim
+        self.eps = eps
+        self.weight = _param((dim,), dtype, One()) if elementwise_affine else None
+        self.bias = _param((dim,), dtype, Zero()) if elementwise_affine and bias else None
+
+    def construct(self, x):
+        dtype = x.dtype
+        y = mint.nn.functional.layer_norm(x.astype(ms.float32), (self.dim,), None, None, self.eps)
+        if self.weight is not None:
+            y = y * self.weight.astype(ms.float32)
+        if self.bias is not None:
+            y = y + self.bias.astype(ms.float32)
+        return y.astype(dtype)
+
+
+class RMSNorm(nn.Cell):
+    """RMS norm in fp32, cast back to the input dtype before the weight multiply (as the reference)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, dtype: ms.Type = ms.float32):
+        super().__init__()
+        self.eps = eps
+        self.weight = _param((dim,), dtype, One())
+
+    def construct(self, x):
+        dtype = x.dtype
+        h = x.astype(ms.float32)
+        h = h * ops.rsqrt(mint.mean(h * h, -1, keepdim=True) + self.eps)
+        return self.weight * h.astype(dtype)
+
+
+class Conv2d(nn.Cell):
+    """2-D convolution with ``torch.nn.Conv2d``'s weight layout (out, in, kh, kw)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
+                 bias: bool = True, dtype: ms.Type = ms.float32):
+        super().__init__()
+        self.stride = stride
+        self.padding = padding
+        self.weight = _param((out_channels, in_channels, kernel_size, kernel_size), dtype)
+        self.bias = _param((out_channels,), dtype, Zero()) if bias else None
+
+    def construct(self, x):
+        return mint.nn.functional.conv2d(x, self.weight, self.bias, self.stride, self.padding)

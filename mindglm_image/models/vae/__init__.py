@@ -1,0 +1,1 @@
+"""AutoencoderKL: encodes reference images to latents and decodes latents to pixels."""

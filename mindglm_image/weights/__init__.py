@@ -1,0 +1,1 @@
+"""Reading, writing and loading model weights (safetensors, bf16-safe, streamed)."""

@@ -1,0 +1,184 @@
+"""A small safetensors reader/writer that streams tensors and keeps bf16 bytes intact.
+
+numpy has no bfloat16, so the stock numpy reader cannot open the official checkpoint; here a tensor is
+its raw bytes plus a dtype tag, read lazily from a memory map, so conversion copies bytes exactly and
+peak memory stays near one tensor.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import struct
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+#: safetensors dtype tag -> numpy dtype used to hold its bytes (BF16 is held as uint16)
+DTYPE_TO_NUMPY: dict[str, np.dtype] = {
+    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"),
+    "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
+    "U8": np.dtype("u1"), "U16": np.dtype("<u2"), "U32": np.dtype("<u4"), "U64": np.dtype("<u8"),
+    "BOOL": np.dtype("?"),
+}
+_NUMPY_TO_DTYPE = {np.dtype("<f8"): "F64", np.dtype("<f4"): "F32", np.dtype("<f2"): "F16",
+                   np.dtype("<i8"): "I64", np.dtype("<i4"): "I32", np.dtype("<i2"): "I16", np.dtype("i1"): "I8",
+                   np.dtype("u1"): "U8", np.dtype("<u2"): "U16", np.dtype("<u4"): "U32", np.dtype("<u8"): "U64",
+                   np.dtype("?"): "BOOL"}
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is missing, corrupt, or does not match the model."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorData:
+    """One tensor as stored: dtype tag, shape and raw little-endian bytes."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    raw: np.ndarray  # 1-D uint8 view (memory-mapped when read from disk)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.raw.size)
+
+    def array(self) -> np.ndarray:
+        """The values as numpy; BF16 is widened to float32 exactly (bf16 is fp32's top 16 bits)."""
+        if self.dtype == "BF16":
+            bits = self.raw.view("<u2").astype(np.uint32) << 16
+            return bits.view(np.float32).reshape(self.shape)
+        return self.raw.view(DTYPE_TO_NUMPY[self.dtype]).reshape(self.shape)
+
+    @classmethod
+    def from_array(cls, name: str, array: np.ndarray, dtype: str | None = None) -> "TensorData":
+        """Wrap a numpy array; ``dtype='BF16'`` rounds float32 to bf16 (round-to-nearest-even)."""
+        array = np.ascontiguousarray(array)
+        if dtype == "BF16":
+            bits = np.ascontiguousarray(array, dtype=np.float32).view(np.uint32)
+            rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype("<u2")
+            nan = np.isnan(array.astype(np.float32))
+            rounded[nan] = 0x7FC0
+            return cls(name, "BF16", tuple(array.shape), rounded.reshape(-1).view(np.uint8))
+        if dtype is not None and DTYPE_TO_NUMPY[dtype] != array.dtype.newbyteorder("<"):
+            array = array.astype(DTYPE_TO_NUMPY[dtype])
+        tag = dtype or _NUMPY_TO_DTYPE.get(array.dtype.newbyteorder("<"))
+        if tag is None:
+            raise CheckpointError(f"tensor {name}: numpy dtype {array.dtype} has no safetensors equivalent")
+        return cls(name, tag, tuple(array.shape), array.astype(array.dtype.newbyteorder("<")).reshape(-1).view(np.uint8))
+
+    def cast(self, dtype: str) -> "TensorData":
+        """Same values in another floating dtype; a no-op when the dtype already matches."""
+        if dtype == self.dtype:
+            return self
+        return TensorData.from_array(self.name, self.array().astype(np.float32) if dtype == "BF16" else self.array(), dtype)
+
+    def renamed(self, name: str) -> "TensorData":
+        return dataclasses.replace(self, name=name)
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorInfo:
+    """Header entry of one tensor inside a file (no data read)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+
+class SafetensorsFile:
+    """Lazy, memory-mapped view of one ``.safetensors`` file with its header validated up front."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise CheckpointError(f"checkpoint shard not found: {self.path}")
+        size = self.path.stat().st_size
+        with open(self.path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{self.path}: file is {size} bytes, too short to be safetensors (truncated?)")
+            (hlen,) = struct.unpack("<Q", head)
+            if hlen > _MAX_HEADER or 8 + hlen > size:
+                raise CheckpointError(f"{self.path}: header length {hlen} exceeds the file ({size} bytes); the file is corrupt or truncated")
+            try:
+                header = json.loads(fh.read(hlen))
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise CheckpointError(f"{self.path}: header is not valid JSON ({err}); the file is corrupt") from err
+        self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
+        self._data_start = 8 + hlen
+        data_len = size - self._data_start
+        self.infos: dict[str, TensorInfo] = {}
+        for name, entry in header.items():
+            dtype, shape, (start, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
+            if dtype not in DTYPE_TO_NUMPY:
+                raise CheckpointError(f"{self.path}: tensor {name} has unsupported dtype {dtype}")
+            expected = int(np.prod(shape, dtype=np.int64)) * DTYPE_TO_NUMPY[dtype].itemsize
+            if end - start != expected:
+                raise CheckpointError(f"{self.path}: tensor {name} holds {end - start} bytes, its shape {list(shape)} {dtype} needs {expected}")
+            if end > data_len:
+                raise CheckpointError(
+                    f"{self.path}: tensor {name} ends at byte {end} but the file has {data_len} data bytes; "
+                    "the shard is truncated, copy or convert it again"
+                )
+            self.infos[name] = TensorInfo(name, dtype, shape, start, end)
+        self._map: np.memmap | None = None
+
+    def keys(self) -> list[str]:
+        return list(self.infos)
+
+    def get(self, name: str) -> TensorData:
+        info = self.infos.get(name)
+        if info is None:
+            raise CheckpointError(f"{self.path}: no tensor named {name}")
+        if self._map is None:
+            self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
+        raw = self._map[self._data_start + info.start:self._data_start + info.end]
+        return TensorData(name, info.dtype, info.shape, raw)
+
+    def __iter__(self) -> Iterator[TensorData]:
+        for name in self.infos:
+            yield self.get(name)
+
+
+def write_safetensors(path: str | os.PathLike, tensors: Iterable[TensorData] | list[TensorData],
+                      metadata: dict[str, str] | None = None) -> None:
+    """Write tensors to ``path`` atomically (temp file + fsync + rename).
+
+    Tensors are written in the given order; only their headers are held while writing, so passing
+    memory-mapped tensors keeps peak memory near one tensor.
+    """
+    tensors = list(tensors)
+    header: dict[str, object] = {}
+    if metadata:
+        header["__metadata__"] = dict(metadata)
+    offset = 0
+    for t in tensors:
+        if t.name in header:
+            raise CheckpointError(f"duplicate tensor name {t.name} while writing {path}")
+        header[t.name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
+        offset += t.nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    blob += b" " * (-len(blob) % 8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(struct.pack("<Q", len(blob)))
+            fh.write(blob)
+            for t in tensors:
+                fh.write(memoryview(np.ascontiguousarray(t.raw)))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

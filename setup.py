@@ -1,0 +1,22 @@
+"""mindglm-image: MindSpore-native GLM-Image (AR prior generator + DiT decoder) for Ascend and CPU."""
+from setuptools import find_packages, setup
+
+setup(
+    name="mindglm-image",
+    version="0.1.0",
+    description="MindSpore port of the GLM-Image text-to-image model for Ascend NPUs (CPU fp32 backend included)",
+    packages=find_packages(include=["mindglm_image", "mindglm_image.*", "ckpt_convert", "ckpt_convert.*",
+                                    "kernels", "kernels.*"]),
+    package_data={"": ["*.json"]},
+    python_requires=">=3.9,<3.12",
+    install_requires=[
+        "mindspore==2.10.0",
+        "numpy>=1.24,<2",  # MindSpore 2.10 wheels are built against numpy 1.x (bf16 helpers fail under 2.x)
+        "safetensors>=0.4",
+        "tokenizers>=0.20",
+        "pillow>=9",
+        "tqdm>=4.60",
+    ],
+    extras_require={"test": ["pytest>=8"]},
+    entry_points={"console_scripts": ["mindglm-image=mindglm_image.cli:main"]},
+)

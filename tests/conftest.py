@@ -1,0 +1,89 @@
+"""Shared test setup: MindSpore on CPU in graph mode, and reference fixtures made by the PyTorch oracle.
+
+The reference (torch + transformers + diffusers) lives in its own virtual environment; each
+``tests/reference/<name>.py`` script runs there, builds a tiny random reference model, saves it in the
+Hugging Face layout with its inputs and outputs, and the tests here convert and compare.
+Fixtures are cached under ``.ref_fixtures/`` keyed by the script's content and the pinned versions.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+REF_DIR = ROOT / "tests" / "reference"
+CACHE = Path(os.environ.get("MINDGLM_REF_CACHE", ROOT / ".ref_fixtures"))
+REPORT = CACHE / "parity_report.json"
+
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def _ref_python() -> Path:
+    return Path(os.environ.get("MINDGLM_REF_PYTHON", ROOT / ".venv-ref" / "bin" / "python"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def mindspore_cpu_graph_mode():
+    from mindglm_image.runtime import setup_runtime
+
+    setup_runtime("CPU", graph_mode=True)
+
+
+def _fixture_key(name: str) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(REF_DIR.glob("*.py")) + [ROOT / "scripts" / "reference_requirements.txt"]:
+        if path.name == f"{name}.py" or path.name in ("common.py", "reference_requirements.txt"):
+            digest.update(path.name.encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+@pytest.fixture(scope="session")
+def reference_fixture():
+    """Return ``get(name) -> Path``: the folder made by ``tests/reference/<name>.py`` in the reference env."""
+    made: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name in made:
+            return made[name]
+        out = CACHE / f"{name}-{_fixture_key(name)}"
+        if not (out / "DONE").is_file():
+            python = _ref_python()
+            if not python.is_file():
+                pytest.fail(
+                    f"reference interpreter {python} not found: run `bash scripts/setup_reference_env.sh` "
+                    "(or set MINDGLM_REF_PYTHON) to create the PyTorch reference environment"
+                )
+            tmp = out.with_name(out.name + ".partial")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            proc = subprocess.run([str(python), str(REF_DIR / f"{name}.py"), str(tmp)], cwd=ROOT,
+                                  capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REF_DIR)})
+            if proc.returncode != 0:
+                pytest.fail(f"reference script {name}.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+            (tmp / "DONE").write_text("ok\n")
+            shutil.rmtree(out, ignore_errors=True)
+            os.replace(tmp, out)
+        made[name] = out
+        return out
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def parity_report():
+    """Collects worst relative errors per component; written to ``.ref_fixtures/parity_report.json``."""
+    results: dict[str, float] = {}
+    yield results
+    if results:
+        CACHE.mkdir(parents=True, exist_ok=True)
+        merged = json.loads(REPORT.read_text()) if REPORT.is_file() else {}
+        merged.update(results)
+        REPORT.write_text(json.dumps(dict(sorted(merged.items())), indent=2) + "\n")
