@@ -82,6 +82,7 @@ class HFConfig:
                 kwargs[key] = sub()
         obj = cls(**kwargs)
         obj.extra = extra
+        obj._source_keys = list(data)
         obj.validate()
         return obj
 
@@ -89,18 +90,23 @@ class HFConfig:
         """Subclasses check cross-field constraints here and raise ``ConfigError``."""
 
     def to_dict(self) -> dict[str, Any]:
+        """Fields then extras, in the order of the file this was read from; unset optional fields omitted."""
+        source_keys = getattr(self, "_source_keys", [])
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             if f.name == "extra":
                 continue
             value = getattr(self, f.name)
+            if value is None and f.name not in source_keys:
+                continue
             if isinstance(value, HFConfig):
                 value = value.to_dict()
             elif isinstance(value, tuple):
                 value = list(value)
             out[f.name] = value
         out.update(self.extra)
-        return out
+        order = {key: i for i, key in enumerate(source_keys)}
+        return dict(sorted(out.items(), key=lambda kv: order.get(kv[0], len(order))))
 
     @classmethod
     def from_json_file(cls: type[T], path: str | os.PathLike) -> T:
