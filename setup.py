@@ -16,6 +16,7 @@ setup(
         "tokenizers>=0.20",
         "pillow>=9",
         "tqdm>=4.60",
+        "jinja2>=3.1",  # renders the checkpoint's chat template exactly as transformers does
     ],
     extras_require={"test": ["pytest>=8"]},
     entry_points={"console_scripts": ["mindglm-image=mindglm_image.cli:main"]},

@@ -37,11 +37,17 @@ def mindspore_cpu_graph_mode():
 
 
 def _fixture_key(name: str) -> str:
+    """Hash of the script, common.py, the reference pins and the repo files the script names in a
+    ``# fixture-depends: path ...`` line (package modules it imports, e.g. tiny-model writers)."""
+    script = REF_DIR / f"{name}.py"
+    paths = [script, REF_DIR / "common.py", ROOT / "scripts" / "reference_requirements.txt"]
+    for line in script.read_text().splitlines():
+        if line.startswith("# fixture-depends:"):
+            paths += [ROOT / p for p in line.split(":", 1)[1].split()]
     digest = hashlib.sha256()
-    for path in sorted(REF_DIR.glob("*.py")) + [ROOT / "scripts" / "reference_requirements.txt"]:
-        if path.name == f"{name}.py" or path.name in ("common.py", "reference_requirements.txt"):
-            digest.update(path.name.encode())
-            digest.update(path.read_bytes())
+    for path in paths:
+        digest.update(str(path.relative_to(ROOT)).encode())
+        digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -65,7 +71,7 @@ def reference_fixture():
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
             proc = subprocess.run([str(python), str(REF_DIR / f"{name}.py"), str(tmp)], cwd=ROOT,
-                                  capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REF_DIR)})
+                                  capture_output=True, text=True, env={**os.environ, "PYTHONPATH": f"{REF_DIR}{os.pathsep}{ROOT}"})
             if proc.returncode != 0:
                 pytest.fail(f"reference script {name}.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
             (tmp / "DONE").write_text("ok\n")

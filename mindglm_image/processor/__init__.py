@@ -1,0 +1,1 @@
+"""Processors: prompt/chat-template tokenization, reference-image preprocessing, glyph text."""
