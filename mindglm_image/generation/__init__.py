@@ -1,0 +1,1 @@
+"""Autoregressive prior-token generation: sampling rules and the static-KV decoding loop."""

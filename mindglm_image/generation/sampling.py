@@ -1,0 +1,86 @@
+"""Next-token selection with the same rules as ``transformers`` (temperature -> top-k -> top-p), seeded.
+
+Runs on the host over the (B, vision_vocab) logits of one step: 16512 floats per sample, negligible next
+to a decoder step, and it keeps the random stream in one numpy Generator so a seed reproduces a run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    do_sample: bool = True
+    temperature: float = 0.9
+    top_p: float = 0.75
+    top_k: int = 0           # 0 disables top-k
+    seed: int | None = 0
+
+    def __post_init__(self):
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}; use do_sample=False for greedy")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+
+    @classmethod
+    def from_generation_config(cls, path: str | Path, **overrides) -> "SamplingConfig":
+        """Defaults from the checkpoint's ``generation_config.json`` (missing file: the model's defaults)."""
+        values: dict = {}
+        path = Path(path)
+        if path.is_file():
+            data = json.loads(path.read_text(encoding="utf-8"))
+            for key in ("do_sample", "temperature", "top_p", "top_k"):
+                if data.get(key) is not None:
+                    values[key] = data[key]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+class TokenSampler:
+    """Chooses the next token of every sample in a batch."""
+
+    def __init__(self, config: SamplingConfig):
+        self.config = config
+        self.rng = np.random.default_rng(config.seed)
+
+    def filtered_logits(self, logits: np.ndarray) -> np.ndarray:
+        """Logits after temperature, top-k and top-p; removed tokens are -inf."""
+        cfg = self.config
+        scores = logits.astype(np.float32) / np.float32(cfg.temperature)
+        if cfg.top_k:
+            k = min(cfg.top_k, scores.shape[-1])
+            kth = np.partition(scores, -k, axis=-1)[..., -k][..., None]
+            scores = np.where(scores < kth, -np.inf, scores)
+        if cfg.top_p < 1.0:
+            order = np.argsort(scores, axis=-1, kind="stable")
+            ascending = np.take_along_axis(scores, order, axis=-1)
+            probs = _softmax(ascending)
+            cumulative = np.cumsum(probs, axis=-1)
+            drop_sorted = cumulative <= (1 - cfg.top_p)
+            drop_sorted[..., -1] = False  # always keep the most likely token
+            drop = np.zeros_like(drop_sorted)
+            np.put_along_axis(drop, order, drop_sorted, axis=-1)
+            scores = np.where(drop, -np.inf, scores)
+        return scores
+
+    def __call__(self, logits: np.ndarray) -> np.ndarray:
+        """(B, V) logits -> (B,) int64 token ids."""
+        if not self.config.do_sample:
+            return np.argmax(logits, axis=-1).astype(np.int64)
+        probs = _softmax(self.filtered_logits(logits)).astype(np.float64)
+        probs /= probs.sum(axis=-1, keepdims=True)
+        u = self.rng.random(probs.shape[0])[:, None]
+        picked = (np.cumsum(probs, axis=-1) < u).sum(axis=-1)
+        return np.minimum(picked, probs.shape[-1] - 1).astype(np.int64)
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    x = x - np.max(x, axis=-1, keepdims=True)
+    e = np.exp(x)
+    return e / e.sum(axis=-1, keepdims=True)
