@@ -10,10 +10,11 @@ import dataclasses
 
 import mindspore as ms
 import numpy as np
-from mindspore import mint, nn
+from mindspore import mint, nn, ops
 
 from ...config.ar import GlmImageVisionConfig
-from ..layers import Conv2d, Embedding, LayerNorm, Linear
+from ..layers import Embedding, LayerNorm, Linear
+from .patch_linear import PatchLinear
 
 _GELU_APPROXIMATION = {"gelu": "none", "gelu_pytorch_tanh": "tanh", "gelu_new": "tanh"}
 _MASKED = -1e30  # additive mask value: exp() underflows to 0 in fp32, still finite in bf16
@@ -103,18 +104,14 @@ class GlmImageVisionEmbeddings(nn.Cell):
 
 
 class GlmImageVisionPatchEmbed(nn.Cell):
-    """Projects each flattened (C, p, p) patch with a stride-p convolution."""
+    """Projects each flattened (C, p, p) patch: a stride-p convolution computed as a matmul."""
 
     def __init__(self, config: GlmImageVisionConfig, dtype: ms.Type = ms.float32):
         super().__init__()
-        self.in_channels = config.in_channels
-        self.patch = config.patch
-        self.hidden = config.hidden_size
-        self.proj = Conv2d(config.in_channels, config.hidden_size, config.patch, stride=config.patch, dtype=dtype)
+        self.proj = PatchLinear(config.in_channels, config.hidden_size, config.patch, dtype=dtype)
 
     def construct(self, pixel_values):
-        x = pixel_values.reshape(-1, self.in_channels, self.patch, self.patch).astype(self.proj.weight.dtype)
-        return self.proj(x).reshape(-1, self.hidden)
+        return self.proj(pixel_values.astype(self.proj.weight.dtype))
 
 
 class GlmImageVisionAttention(nn.Cell):
@@ -132,7 +129,7 @@ class GlmImageVisionAttention(nn.Cell):
         n = x.shape[0]
         qkv = self.qkv(x).reshape(n, 3, self.num_heads, self.head_dim).permute(1, 2, 0, 3)  # (3, H, N, d)
         q, k, v = qkv[0], qkv[1], qkv[2]
-        scores = mint.matmul(q, k.transpose(1, 2)) * self.scaling
+        scores = mint.matmul(q, mint.transpose(k, 1, 2)) * self.scaling
         probs = mint.softmax(scores.astype(ms.float32) + attn_mask, -1).astype(x.dtype)
         out = mint.matmul(probs, v).permute(1, 0, 2).reshape(n, -1)
         return self.proj(out)
@@ -149,7 +146,7 @@ class GlmImageVisionMLP(nn.Cell):
         self.fc2 = Linear(config.intermediate_size, config.hidden_size, dtype=dtype)
 
     def construct(self, x):
-        return self.fc2(mint.nn.functional.gelu(self.fc1(x), approximate=self.approximate))
+        return self.fc2(ops.gelu(self.fc1(x), approximate=self.approximate))
 
 
 class GlmImageVisionBlock(nn.Cell):

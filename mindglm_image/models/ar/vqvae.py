@@ -6,10 +6,11 @@ has a home.
 from __future__ import annotations
 
 import mindspore as ms
-from mindspore import mint, nn
+from mindspore import mint, nn, ops
 
 from ...config.ar import GlmImageVQVAEConfig
-from ..layers import Conv2d, Embedding
+from ..layers import Embedding
+from .patch_linear import PatchLinear
 
 _NORM_EPS = 1e-12
 
@@ -24,16 +25,16 @@ class GlmImageVQVAEVectorQuantizer(nn.Cell):
 
     def __init__(self, config: GlmImageVQVAEConfig, dtype: ms.Type = ms.float32):
         super().__init__()
-        self.embedding_dim = config.embed_dim
         self.embedding = Embedding(config.num_embeddings, config.embed_dim, dtype=dtype)
 
     def construct(self, hidden_states):
-        z = _l2_normalize(hidden_states.permute(0, 2, 3, 1).reshape(-1, self.embedding_dim))
+        """``hidden_states``: (M, embed_dim) feature rows -> (M,) code ids."""
+        z = _l2_normalize(hidden_states)
         codes = _l2_normalize(self.embedding.weight.astype(z.dtype))
         # |z|^2 + |e|^2 - 2 z.e, summed in this order as the reference does, so near-ties pick the same code
         distances = (mint.sum(z * z, 1, keepdim=True) + mint.sum(codes * codes, 1)
-                     - 2 * mint.matmul(z, codes.transpose(1, 0)))
-        return mint.argmin(distances, 1)
+                     - 2 * mint.matmul(z, codes.T))
+        return ops.argmin(distances, 1)
 
 
 class GlmImageVQVAE(nn.Cell):
@@ -43,11 +44,13 @@ class GlmImageVQVAE(nn.Cell):
         super().__init__()
         self.compute_dtype = dtype
         self.quantize = GlmImageVQVAEVectorQuantizer(config, dtype)
-        self.quant_conv = Conv2d(config.latent_channels, config.embed_dim, 1, dtype=dtype)
-        self.post_quant_conv = Conv2d(config.embed_dim, config.latent_channels, 1, dtype=dtype)
+        self.latent_channels = config.latent_channels
+        self.quant_conv = PatchLinear(config.latent_channels, config.embed_dim, 1, dtype=dtype)
+        self.post_quant_conv = PatchLinear(config.embed_dim, config.latent_channels, 1, dtype=dtype)
 
     def construct(self, hidden_states):
-        return self.quantize(self.quant_conv(hidden_states.astype(self.compute_dtype)))
+        rows = hidden_states.astype(self.compute_dtype).permute(0, 2, 3, 1).reshape(-1, self.latent_channels)
+        return self.quantize(self.quant_conv(rows))
 
     def encode(self, hidden_states: ms.Tensor) -> ms.Tensor:
         """Code ids (int) of features laid out (B, latent_channels, h, w)."""
