@@ -87,4 +87,27 @@ class Conv2d(nn.Cell):
         self.bias = _param((out_channels,), dtype, Zero()) if bias else None
 
     def construct(self, x):
-        return mint.nn.functional.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+        # ops.conv2d rather than mint's: mint conv2d (Conv2DExt) has no CPU kernel in MindSpore 2.10
+        return ops.conv2d(x, self.weight, self.bias, self.stride, "pad", self.padding)
+
+
+class GroupNorm(nn.Cell):
+    """Group norm over the channel axis of (B, C, ...) inputs, computed in fp32 and cast back."""
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True,
+                 dtype: ms.Type = ms.float32):
+        super().__init__()
+        if num_channels % num_groups:
+            raise ValueError(f"GroupNorm: num_channels={num_channels} is not divisible by num_groups={num_groups}; "
+                             "pick a group count that divides the channel count")
+        self.num_groups = num_groups
+        self.eps = eps
+        self.weight = _param((num_channels,), dtype, One()) if affine else None
+        self.bias = _param((num_channels,), dtype, Zero()) if affine else None
+
+    def construct(self, x):
+        dtype = x.dtype
+        weight = self.weight.astype(ms.float32) if self.weight is not None else None
+        bias = self.bias.astype(ms.float32) if self.bias is not None else None
+        y = mint.nn.functional.group_norm(x.astype(ms.float32), self.num_groups, weight, bias, self.eps)
+        return y.astype(dtype)
