@@ -1,0 +1,78 @@
+"""Prompt(s) -> glyph embeddings for the DiT: the quoted spans encoded by the Glyph-byT5 T5 encoder.
+
+Per prompt, as the reference pipeline: the spans (or [""] when there are none) are tokenised with
+``</s>``, every span gets one pad id in front when the span count is even, spans are right-padded to
+the longest and encoded in one batch with the key mask; the states of the unpadded tokens (the pad
+prefix included, it is unmasked) are concatenated in span order. A batch of prompts is then
+left-padded with zeros to the longest. The negative (CFG) branch encodes "" per prompt.
+"""
+from __future__ import annotations
+
+import mindspore as ms
+import numpy as np
+from mindspore import mint, ops
+
+from ...processor.byt5_tokenizer import ByT5Tokenizer
+from ...processor.glyph_text import extract_glyph_texts
+from .t5_encoder import T5EncoderModel
+
+
+def glyph_token_batch(tokenizer: ByT5Tokenizer, spans: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(input_ids, attention_mask)``, both int32 (n_spans, L), for one prompt's spans."""
+    spans = spans or [""]
+    ids = tokenizer(spans, max_length=max_length, truncation=True)["input_ids"]
+    prefix = [tokenizer.pad_token_id] * ((len(ids) + 1) % 2)
+    ids = [prefix + row for row in ids]
+    longest = max(len(row) for row in ids)
+    input_ids = np.full((len(ids), longest), tokenizer.pad_token_id, dtype=np.int32)
+    mask = np.zeros((len(ids), longest), dtype=np.int32)
+    for i, row in enumerate(ids):
+        input_ids[i, :len(row)] = row
+        mask[i, :len(row)] = 1
+    return input_ids, mask
+
+
+class GlyphEncoder:
+    """Host-side driver: tokenises, runs the T5 cell once per prompt, gathers and pads the states."""
+
+    def __init__(self, text_encoder: T5EncoderModel, tokenizer: ByT5Tokenizer, max_sequence_length: int = 2048):
+        if max_sequence_length < 1:
+            raise ValueError(f"max_sequence_length={max_sequence_length} must be at least 1")
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.max_sequence_length = max_sequence_length
+
+    def _encode_spans(self, spans: list[str]) -> ms.Tensor:
+        input_ids, mask = glyph_token_batch(self.tokenizer, spans, self.max_sequence_length)
+        n, length = input_ids.shape
+        states = self.text_encoder(ms.Tensor(input_ids), ms.Tensor(mask), self.text_encoder.position_bucket_for(length))
+        keep = np.flatnonzero(mask.reshape(-1)).astype(np.int32)
+        return ops.gather(states.reshape(n * length, -1), ms.Tensor(keep), 0)
+
+    def encode(self, prompt: str | list[str]) -> ms.Tensor:
+        """(batch, tokens, d_model) in the encoder's dtype; shorter prompts are zero-padded on the left."""
+        per_prompt = [self._encode_spans(spans) for spans in extract_glyph_texts(prompt)]
+        if not per_prompt:
+            raise ValueError("GlyphEncoder.encode: empty prompt list; pass at least one prompt")
+        longest = max(e.shape[0] for e in per_prompt)
+        rows = []
+        for emb in per_prompt:
+            if emb.shape[0] < longest:
+                pad = mint.zeros((longest - emb.shape[0], emb.shape[1]), dtype=emb.dtype)
+                emb = mint.cat([pad, emb], dim=0)
+            rows.append(emb)
+        return mint.stack(rows, dim=0)
+
+    def encode_prompt(self, prompt: str | list[str], do_classifier_free_guidance: bool = True,
+                      num_images_per_prompt: int = 1) -> tuple[ms.Tensor, ms.Tensor | None]:
+        """Conditional embeddings and, for CFG, the embeddings of "" per prompt; each repeated per image."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt={num_images_per_prompt} must be at least 1")
+        positive = self.encode(prompts)
+        negative = self.encode([""] * len(prompts)) if do_classifier_free_guidance else None
+        if num_images_per_prompt > 1:
+            positive = mint.repeat_interleave(positive, num_images_per_prompt, dim=0)
+            if negative is not None:
+                negative = mint.repeat_interleave(negative, num_images_per_prompt, dim=0)
+        return positive, negative
