@@ -1,22 +1,30 @@
-"""Convert one component folder between the Hugging Face layout and ours, streaming shard by shard.
+"""Convert one component folder between the Hugging Face layout and ours, streaming tensor by tensor.
 
 Every tensor is checked against the shapes the model's config implies before anything is written;
-the output is assembled in a temporary folder and moved into place only when complete.
+the output is assembled in a temporary folder and moved into place only when complete, with a
+checksum manifest (``conversion_manifest.json``) that ``verify`` uses to prove it matches its source.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
 
 from mindglm_image.config.base import write_json_atomic
 from mindglm_image.weights.checkpoint import ShardedCheckpoint
 from mindglm_image.weights.components import MS_STEM, ComponentSpec, build_cell, load_config
-from mindglm_image.weights.safetensors_io import CheckpointError, TensorData, write_safetensors
+from mindglm_image.weights.safetensors_io import CheckpointError, write_safetensors_streamed
 
-_FLOAT_TAGS = ("F32", "F16", "BF16")
+FLOAT_TAGS = ("F32", "F16", "BF16")
+_ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2}
+MANIFEST = "conversion_manifest.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,36 +32,47 @@ class ConversionConfig:
     direction: str = "hf2ms"            # "hf2ms" or "ms2hf"
     dtype: str | None = None            # None keeps each tensor's dtype; else "F32" | "F16" | "BF16"
     max_shard_bytes: int = 5 * 1024**3  # shard size of the written checkpoint
+    progress: bool = False              # tqdm bar over tensors
 
     def __post_init__(self):
         if self.direction not in ("hf2ms", "ms2hf"):
             raise ValueError(f"direction must be 'hf2ms' or 'ms2hf', got {self.direction!r}")
-        if self.dtype not in (None, *_FLOAT_TAGS):
-            raise ValueError(f"dtype must be one of {_FLOAT_TAGS} or None, got {self.dtype!r}")
+        if self.dtype not in (None, *FLOAT_TAGS):
+            raise ValueError(f"dtype must be one of {FLOAT_TAGS} or None, got {self.dtype!r}")
+
+    def stems(self, spec: ComponentSpec) -> tuple[str, str]:
+        return (spec.hf_stem, MS_STEM) if self.direction == "hf2ms" else (MS_STEM, spec.hf_stem)
+
+    def rename(self, spec: ComponentSpec):
+        return spec.hf_to_ms if self.direction == "hf2ms" else spec.ms_to_hf
 
 
 def expected_tensors(spec: ComponentSpec, folder: Path) -> dict[str, tuple[int, ...]]:
-    """MindSpore parameter name -> shape, from the folder's config.json (no weights are allocated)."""
+    """MindSpore parameter name -> shape, from the folder's config.json.
+
+    Parameters are created with lazy initializers, so even the real-size model allocates no weights here.
+    """
     cell = build_cell(spec, load_config(spec, folder))
     return {name: tuple(p.shape) for name, p in cell.parameters_dict().items()}
 
 
-def _check(src: ShardedCheckpoint, to_ms_name, expected: dict[str, tuple[int, ...]]) -> None:
+def check_against_config(ckpt: ShardedCheckpoint, to_ms_name, expected: dict[str, tuple[int, ...]]) -> None:
+    """Every tensor known, of the right shape and a float dtype; none missing. Errors name tensor and file."""
     seen = set()
-    for name in src.keys():
-        info = src.info(name)
+    for name in ckpt.keys():
+        info = ckpt.info(name)
         ms_name = to_ms_name(name)
-        where = f"tensor {name} in {src.file_of(name)}"
+        where = f"tensor {name} in {ckpt.file_of(name)}"
         if ms_name not in expected:
             raise CheckpointError(f"unexpected {where}: the model defined by config.json has no such parameter")
         if info.shape != expected[ms_name]:
             raise CheckpointError(f"{where} has shape {list(info.shape)}, config.json implies {list(expected[ms_name])}")
-        if info.dtype not in _FLOAT_TAGS:
+        if info.dtype not in FLOAT_TAGS:
             raise CheckpointError(f"{where} has dtype {info.dtype}; weights must be F32, F16 or BF16")
         seen.add(ms_name)
     missing = sorted(set(expected) - seen)
     if missing:
-        raise CheckpointError(f"{src.folder}: missing {len(missing)} tensor(s) the model needs: {missing[:8]}")
+        raise CheckpointError(f"{ckpt.folder}: missing {len(missing)} tensor(s) the model needs: {missing[:8]}")
 
 
 def _plan_shards(names: list[str], sizes: dict[str, int], limit: int) -> list[list[str]]:
@@ -72,54 +91,63 @@ def convert_component(spec: ComponentSpec, src: str | Path, dst: str | Path,
                       cfg: ConversionConfig = ConversionConfig()) -> Path:
     """Convert ``src`` (one component folder) into ``dst``; returns ``dst``.
 
-    Non-weight files (config.json, generation_config.json, ...) are copied unchanged.
+    Non-weight files (config.json, generation_config.json, ...) are copied unchanged. Only one tensor
+    is held in memory at a time (source shards are memory-mapped).
     """
     src, dst = Path(src), Path(dst)
-    src_stem, dst_stem = (spec.hf_stem, MS_STEM) if cfg.direction == "hf2ms" else (MS_STEM, spec.hf_stem)
-    rename = spec.hf_to_ms if cfg.direction == "hf2ms" else spec.ms_to_hf
+    src_stem, dst_stem = cfg.stems(spec)
+    rename = cfg.rename(spec)
     ckpt = ShardedCheckpoint(src, src_stem)
-    expected = expected_tensors(spec, src)
-    _check(ckpt, spec.hf_to_ms if cfg.direction == "hf2ms" else (lambda n: n), expected)
+    check_against_config(ckpt, spec.hf_to_ms if cfg.direction == "hf2ms" else (lambda n: n), expected_tensors(spec, src))
 
-    def out_bytes(name: str) -> int:
-        info = ckpt.info(name)
-        n = int(info.end - info.start)
-        if cfg.dtype and info.dtype != cfg.dtype:
-            n = n * {"F32": 4, "F16": 2, "BF16": 2}[cfg.dtype] // {"F32": 4, "F16": 2, "BF16": 2}[info.dtype]
-        return n
+    def out_dtype(name: str) -> str:
+        return cfg.dtype or ckpt.info(name).dtype
 
     names = ckpt.keys()
-    shards = _plan_shards(names, {n: out_bytes(n) for n in names}, cfg.max_shard_bytes)
+    sizes = {n: int(np.prod(ckpt.info(n).shape, dtype=np.int64)) * _ITEMSIZE[out_dtype(n)] for n in names}
+    shards = _plan_shards(names, sizes, cfg.max_shard_bytes)
     dst.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent))
+    manifest: dict[str, dict] = {}
+    bar = tqdm(total=sum(sizes.values()), unit="B", unit_scale=True, desc=f"convert {spec.name}", disable=not cfg.progress)
     try:
         for item in sorted(src.iterdir()):
-            if item.is_file() and ".safetensors" not in item.name and not item.name.startswith("."):
+            if item.is_file() and ".safetensors" not in item.name and not item.name.startswith(".") and item.name != MANIFEST:
                 shutil.copy2(item, work / item.name)
         weight_map: dict[str, str] = {}
-        total = 0
         for i, shard_names in enumerate(shards, 1):
             fname = f"{dst_stem}.safetensors" if len(shards) == 1 else f"{dst_stem}-{i:05d}-of-{len(shards):05d}.safetensors"
-            tensors: list[TensorData] = []
-            for name in shard_names:
-                t = ckpt.get(name)
-                if cfg.dtype:
-                    t = t.cast(cfg.dtype)
-                tensors.append(t.renamed(rename(name)))
-                weight_map[rename(name)] = fname
-                total += tensors[-1].nbytes
-            write_safetensors(work / fname, tensors, metadata={"format": "pt" if cfg.direction == "ms2hf" else "ms"})
+            specs = [(rename(n), out_dtype(n), ckpt.info(n).shape) for n in shard_names]
+
+            def payloads(shard_names=shard_names) -> Iterator[np.ndarray]:
+                for name in shard_names:
+                    t = ckpt.get(name)
+                    manifest[rename(name)] = {"source": name, "source_file": ckpt.weight_map[name],
+                                              "source_dtype": t.dtype,
+                                              "source_sha256": hashlib.sha256(memoryview(np.ascontiguousarray(t.raw))).hexdigest()}
+                    yield t.cast(out_dtype(name)).raw
+                    bar.update(sizes[name])
+
+            digests = write_safetensors_streamed(work / fname, specs, payloads(),
+                                                 metadata={"format": "pt" if cfg.direction == "ms2hf" else "ms"})
+            for (out_name, dtype, shape) in specs:
+                manifest[out_name].update(file=fname, dtype=dtype, shape=list(shape), sha256=digests[out_name])
+                weight_map[out_name] = fname
         if len(shards) > 1:
             write_json_atomic(work / f"{dst_stem}.safetensors.index.json",
-                              {"metadata": {"total_size": total}, "weight_map": weight_map})
-        _replace_dir(work, dst)
+                              {"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map})
+        write_json_atomic(work / MANIFEST, {"component": spec.name, "direction": cfg.direction, "stem": dst_stem,
+                                            "tensors": manifest})
+        replace_dir(work, dst)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+    finally:
+        bar.close()
     return dst
 
 
-def _replace_dir(new: Path, dst: Path) -> None:
+def replace_dir(new: Path, dst: Path) -> None:
     """Move a finished folder into place; an existing folder is swapped out only after the move succeeds."""
     if dst.exists():
         old = dst.with_name(f".{dst.name}.old")

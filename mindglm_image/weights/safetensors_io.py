@@ -7,6 +7,7 @@ peak memory stays near one tensor.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import struct
@@ -148,33 +149,51 @@ class SafetensorsFile:
 
 
 def write_safetensors(path: str | os.PathLike, tensors: Iterable[TensorData] | list[TensorData],
-                      metadata: dict[str, str] | None = None) -> None:
-    """Write tensors to ``path`` atomically (temp file + fsync + rename).
-
-    Tensors are written in the given order; only their headers are held while writing, so passing
-    memory-mapped tensors keeps peak memory near one tensor.
-    """
+                      metadata: dict[str, str] | None = None) -> dict[str, str]:
+    """Write tensors to ``path`` atomically; returns each tensor's sha256 (see ``write_safetensors_streamed``)."""
     tensors = list(tensors)
+    return write_safetensors_streamed(path, [(t.name, t.dtype, t.shape) for t in tensors], (t.raw for t in tensors),
+                                      metadata)
+
+
+def write_safetensors_streamed(path: str | os.PathLike, specs: list[tuple[str, str, tuple[int, ...]]],
+                               payloads: Iterable[np.ndarray], metadata: dict[str, str] | None = None) -> dict[str, str]:
+    """Write a file whose header is known up front and whose tensors arrive one at a time.
+
+    ``payloads`` yields each tensor's raw bytes (uint8 array) in ``specs`` order, so only one tensor is in
+    memory at once. The file is written to a temporary name, fsynced and renamed: a crash leaves no file
+    under ``path``. Returns ``{name: sha256 of the tensor's bytes}`` for checksum manifests.
+    """
     header: dict[str, object] = {}
     if metadata:
         header["__metadata__"] = dict(metadata)
     offset = 0
-    for t in tensors:
-        if t.name in header:
-            raise CheckpointError(f"duplicate tensor name {t.name} while writing {path}")
-        header[t.name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
-        offset += t.nbytes
+    sizes = []
+    for name, dtype, shape in specs:
+        if name in header:
+            raise CheckpointError(f"duplicate tensor name {name} while writing {path}")
+        nbytes = int(np.prod(shape, dtype=np.int64)) * DTYPE_TO_NUMPY[dtype].itemsize
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        sizes.append(nbytes)
+        offset += nbytes
     blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
     blob += b" " * (-len(blob) % 8)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    digests: dict[str, str] = {}
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(struct.pack("<Q", len(blob)))
             fh.write(blob)
-            for t in tensors:
-                fh.write(memoryview(np.ascontiguousarray(t.raw)))
+            payloads = iter(payloads)
+            for (name, _, _), nbytes in zip(specs, sizes):
+                raw = np.ascontiguousarray(next(payloads)).view(np.uint8).reshape(-1)
+                if raw.size != nbytes:
+                    raise CheckpointError(f"tensor {name}: got {raw.size} bytes, its header needs {nbytes}")
+                view = memoryview(raw)
+                fh.write(view)
+                digests[name] = hashlib.sha256(view).hexdigest()
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -182,3 +201,4 @@ def write_safetensors(path: str | os.PathLike, tensors: Iterable[TensorData] | l
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    return digests

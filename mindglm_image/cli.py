@@ -1,0 +1,59 @@
+"""``mindglm-image`` command line: convert and verify checkpoints (generation commands join as they land)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from ckpt_convert.convert import ConversionConfig
+    from ckpt_convert.model_folder import convert_model_folder
+
+    cfg = ConversionConfig(direction=f"{args.src_format}2{'ms' if args.src_format == 'hf' else 'hf'}", dtype=args.dtype,
+                           max_shard_bytes=int(args.max_shard_gb * 1024**3), progress=True)
+    out = convert_model_folder(args.src, args.dst, cfg)
+    print(f"converted {args.src} -> {out}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from ckpt_convert.verify import verify_model_folder
+
+    problems = verify_model_folder(args.dir, args.source)
+    for p in problems:
+        print(f"FAIL {p}", file=sys.stderr)
+    if problems:
+        return 1
+    print(f"verified {args.dir}: every tensor matches its conversion manifest")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mindglm-image", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("convert", help="convert a whole model folder between Hugging Face and MindSpore layouts")
+    p.add_argument("--from", dest="src_format", choices=("hf", "ms"), required=True, help="layout of --src")
+    p.add_argument("--src", required=True, help="model folder holding model_index.json")
+    p.add_argument("--dst", required=True, help="output folder (written atomically)")
+    p.add_argument("--dtype", choices=("F32", "F16", "BF16"), default=None, help="cast weights (default: keep)")
+    p.add_argument("--max-shard-gb", type=float, default=5.0, help="size of output shards")
+    p.set_defaults(func=_convert)
+    p = sub.add_parser("verify", help="check a converted folder against its checksum manifests")
+    p.add_argument("dir", help="converted model folder")
+    p.add_argument("--source", default=None, help="also re-hash the source folder it was converted from")
+    p.set_defaults(func=_verify)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, OSError) as err:  # CheckpointError / ConfigError / ProcessorError are ValueErrors
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
