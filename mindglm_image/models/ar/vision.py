@@ -13,8 +13,7 @@ import numpy as np
 from mindspore import mint, nn, ops
 
 from ...config.ar import GlmImageVisionConfig
-from ..layers import Embedding, LayerNorm, Linear
-from .patch_linear import PatchLinear
+from ..layers import Conv2d, Embedding, LayerNorm, Linear
 
 _GELU_APPROXIMATION = {"gelu": "none", "gelu_pytorch_tanh": "tanh", "gelu_new": "tanh"}
 _MASKED = -1e30  # additive mask value: exp() underflows to 0 in fp32, still finite in bf16
@@ -104,14 +103,18 @@ class GlmImageVisionEmbeddings(nn.Cell):
 
 
 class GlmImageVisionPatchEmbed(nn.Cell):
-    """Projects each flattened (C, p, p) patch: a stride-p convolution computed as a matmul."""
+    """Projects each flattened (C, p, p) patch with a stride-p convolution."""
 
     def __init__(self, config: GlmImageVisionConfig, dtype: ms.Type = ms.float32):
         super().__init__()
-        self.proj = PatchLinear(config.in_channels, config.hidden_size, config.patch, dtype=dtype)
+        self.in_channels = config.in_channels
+        self.patch = config.patch
+        self.hidden = config.hidden_size
+        self.proj = Conv2d(config.in_channels, config.hidden_size, config.patch, stride=config.patch, dtype=dtype)
 
     def construct(self, pixel_values):
-        return self.proj(pixel_values.astype(self.proj.weight.dtype))
+        x = pixel_values.reshape(-1, self.in_channels, self.patch, self.patch).astype(self.proj.weight.dtype)
+        return self.proj(x).reshape(-1, self.hidden)
 
 
 class GlmImageVisionAttention(nn.Cell):

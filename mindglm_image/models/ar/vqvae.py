@@ -9,8 +9,7 @@ import mindspore as ms
 from mindspore import mint, nn, ops
 
 from ...config.ar import GlmImageVQVAEConfig
-from ..layers import Embedding
-from .patch_linear import PatchLinear
+from ..layers import Conv2d, Embedding
 
 _NORM_EPS = 1e-12
 
@@ -44,13 +43,13 @@ class GlmImageVQVAE(nn.Cell):
         super().__init__()
         self.compute_dtype = dtype
         self.quantize = GlmImageVQVAEVectorQuantizer(config, dtype)
-        self.latent_channels = config.latent_channels
-        self.quant_conv = PatchLinear(config.latent_channels, config.embed_dim, 1, dtype=dtype)
-        self.post_quant_conv = PatchLinear(config.embed_dim, config.latent_channels, 1, dtype=dtype)
+        self.embed_dim = config.embed_dim
+        self.quant_conv = Conv2d(config.latent_channels, config.embed_dim, 1, dtype=dtype)
+        self.post_quant_conv = Conv2d(config.embed_dim, config.latent_channels, 1, dtype=dtype)
 
     def construct(self, hidden_states):
-        rows = hidden_states.astype(self.compute_dtype).permute(0, 2, 3, 1).reshape(-1, self.latent_channels)
-        return self.quantize(self.quant_conv(rows))
+        latents = self.quant_conv(hidden_states.astype(self.compute_dtype))
+        return self.quantize(latents.permute(0, 2, 3, 1).reshape(-1, self.embed_dim))
 
     def encode(self, hidden_states: ms.Tensor) -> ms.Tensor:
         """Code ids (int) of features laid out (B, latent_channels, h, w)."""

@@ -1,0 +1,108 @@
+"""Parity of the AR model's vision encoder, VQ quantizer and reference-image processor with the reference."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mindglm_image.config.ar import GlmImageConfig
+from mindglm_image.models.ar.image_tokens import encode_reference_images
+from mindglm_image.models.ar.vision import GlmImageVisionModel, vision_inputs
+from mindglm_image.models.ar.vqvae import GlmImageVQVAE
+from mindglm_image.processor.image_processing import (GlmImageImageProcessorConfig, preprocess_images,
+                                                      target_size)
+from mindglm_image.weights.checkpoint import ShardedCheckpoint
+from mindglm_image.weights.loading import load_tensors_into_cell
+from parity_utils import assert_parity
+
+
+def _load_part(cell, folder, prefix: str):
+    ckpt = ShardedCheckpoint(folder, "model")
+    tensors = (t for t in ckpt if t.name.startswith(prefix))
+    load_tensors_into_cell(cell, tensors, str(folder), lambda name: name[len(prefix):])
+    cell.set_train(False)
+    return cell
+
+
+@pytest.fixture(scope="module")
+def ref(reference_fixture):
+    return reference_fixture("ar_vision")
+
+
+@pytest.fixture(scope="module")
+def arrays(ref):
+    return dict(np.load(ref / "ar_vision.npz"))
+
+
+@pytest.fixture(scope="module")
+def cells(ref):
+    folder = ref / "vision_language_encoder"
+    config = GlmImageConfig.from_json_file(folder / "config.json")
+    visual = _load_part(GlmImageVisionModel(config.vision_config), folder, "model.visual.")
+    vqmodel = _load_part(GlmImageVQVAE(config.vq_config), folder, "model.vqmodel.")
+    return visual, vqmodel
+
+
+@pytest.mark.parity
+def test_vision_features_of_two_packed_images(cells, arrays, parity_report):
+    visual, _ = cells
+    ours = visual.encode(arrays["features_pixels"], arrays["features_grid"]).asnumpy()
+    assert_parity(parity_report, "ar_vision/features", ours, arrays["features"], 1e-5)
+
+
+@pytest.mark.parity
+def test_vq_ids_of_photo_like_images(ref, cells, arrays, parity_report):
+    config = GlmImageImageProcessorConfig.from_pretrained(ref / "processor")
+    batch = preprocess_images([ref / "photo0.png", ref / "photo1.png"], config)
+    np.testing.assert_array_equal(batch.image_grid_thw, arrays["photo_grid"])
+    assert_parity(parity_report, "ar_vision/photo_pixel_values", batch.pixel_values, arrays["photo_pixels"], 1e-6)
+    ids = encode_reference_images(*cells, batch.pixel_values, batch.image_grid_thw)
+    assert ids.dtype == np.int64
+    assert len(np.unique(ids)) > 8, "reference ids are too uniform to prove the quantizer"
+    np.testing.assert_array_equal(ids, arrays["photo_ids"])
+
+
+@pytest.mark.parity
+def test_image_processor_sizes_and_configs(ref, arrays, parity_report):
+    cases = json.loads((ref / "processor_cases.json").read_text())
+    assert len(cases) == 10
+    for case in cases:
+        config = GlmImageImageProcessorConfig.from_pretrained(ref / case["processor"])
+        batch = preprocess_images(ref / case["image"], config)
+        key = case["key"]
+        np.testing.assert_array_equal(batch.image_grid_thw, arrays[f"{key}_grid"], err_msg=key)
+        assert batch.pixel_values.dtype == np.float32
+        assert_parity(parity_report, "ar_vision/processor_pixel_values", batch.pixel_values,
+                      arrays[f"{key}_pixels"], 1e-6)
+
+
+def test_processor_config_round_trips(ref):
+    path = ref / "processor" / "preprocessor_config.json"
+    config = GlmImageImageProcessorConfig.from_json_file(path)
+    assert config.to_dict() == json.loads(path.read_text())
+    assert (config.patch_size, config.temporal_patch_size, config.merge_size) == (16, 1, 1)
+
+
+def test_bad_inputs_are_named(cells, tmp_path):
+    visual, _ = cells
+    with pytest.raises(ValueError, match="needs"):
+        visual.encode(np.zeros((5, 768), np.float32), np.array([[1, 2, 2]]))
+    with pytest.raises(ValueError, match="temporal"):
+        vision_inputs(np.array([[2, 2, 2]]), 8)
+    with pytest.raises(ValueError, match="smaller than"):
+        target_size(10, 100, 16, 64 * 64, 256 * 256)
+    with pytest.raises(ValueError, match="aspect ratio"):
+        target_size(100, 500, 16, 64 * 64, 256 * 256)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="cannot read image"):
+        preprocess_images(broken, GlmImageImageProcessorConfig())
+
+
+def test_bilinear_weights_sum_to_one_and_mask_is_per_image():
+    inputs = vision_inputs(np.array([[1, 3, 5], [1, 9, 2]]), 4)
+    np.testing.assert_allclose(inputs.pos_weight.sum(1), 1.0, rtol=0, atol=1e-6)
+    assert inputs.pos_index.min() >= 0 and inputs.pos_index.max() < 16
+    assert (inputs.attn_mask[:15, :15] == 0).all() and (inputs.attn_mask[15:, 15:] == 0).all()
+    assert (inputs.attn_mask[:15, 15:] < -1e29).all()
