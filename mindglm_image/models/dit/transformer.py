@@ -1,0 +1,358 @@
+"""The GLM-Image DiT decoder (``GlmImageTransformer2DModel``) as a MindSpore cell.
+
+One sequence per image: glyph-text tokens followed by latent patch tokens (each patch embedding plus
+its projected prior-token embedding). Every block modulates the two streams separately (adaLN-zero),
+runs joint attention with qk layer-norm and a 2-D rotary embedding on the patch tokens only, and a
+shared GELU(tanh) feed-forward. Reference-image keys/values (image-to-image) enter each block's
+attention as extra context; ``forward_with_kv`` also returns each block's own keys/values so the
+reference pass can produce them (see ``kv_cache.py``).
+
+Shape-dependent inputs (rotary tables) are computed on the host by ``transformer_inputs``, so the
+compiled graph is static per (batch, text length, latent size, cache length).
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import mindspore as ms
+import numpy as np
+from mindspore import Tensor, mint, nn, ops
+
+from ...config.dit import GlmImageTransformerConfig
+from ..layers import Embedding, Linear
+from .rotary import rotary_tables
+
+_NORM_EPS = 1e-5
+
+
+def _layer_norm(x):
+    """Layer norm without affine parameters (every norm of this model), in fp32, cast back.
+
+    Written out because ``mint``'s fused layer norm has no CPU kernel.
+    """
+    h = x.astype(ms.float32)
+    h = h - mint.mean(h, -1, keepdim=True)
+    return (h * ops.rsqrt(mint.mean(h * h, -1, keepdim=True) + _NORM_EPS)).astype(x.dtype)
+
+
+def _modulate(x, shift, scale):
+    """adaLN affine with per-sample (B, D) shift/scale broadcast over the sequence."""
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+class SinusoidalProjection(nn.Cell):
+    """Sinusoidal embedding of scalars, [cos | sin] order, frequency exponent spread over half the width."""
+
+    def __init__(self, num_channels: int, max_period: float = 10000.0):
+        super().__init__()
+        half = num_channels // 2
+        exponent = -math.log(max_period) * np.arange(half, dtype=np.float32) / np.float32(half)
+        self.freqs = Tensor(np.exp(exponent.astype(np.float32)).astype(np.float32))
+        self.pad = num_channels % 2  # odd widths get one zero column, as the reference does
+
+    def construct(self, values):
+        args = values.astype(ms.float32).unsqueeze(-1) * self.freqs      # (N, half)
+        emb = mint.cat((mint.cos(args), mint.sin(args)), -1)
+        if self.pad:
+            emb = mint.cat((emb, mint.zeros_like(emb[:, :1])), -1)
+        return emb
+
+
+class SiluMLP(nn.Cell):
+    """linear_1 -> SiLU -> linear_2 (the timestep and size-condition embedders)."""
+
+    def __init__(self, in_dim: int, out_dim: int, dtype: ms.Type = ms.float32):
+        super().__init__()
+        self.linear_1 = Linear(in_dim, out_dim, dtype=dtype)
+        self.linear_2 = Linear(out_dim, out_dim, dtype=dtype)
+
+    def construct(self, x):
+        return self.linear_2(mint.nn.functional.silu(self.linear_1(x)))
+
+
+class GlmImageCombinedTimestepSizeEmbeddings(nn.Cell):
+    """temb = SiLU(MLP(sin(t)) + MLP([sin(crop_y, crop_x), sin(target_h, target_w)]))."""
+
+    def __init__(self, embedding_dim: int, condition_dim: int, timesteps_dim: int, dtype: ms.Type = ms.float32):
+        super().__init__()
+        self.time_proj = SinusoidalProjection(timesteps_dim)
+        self.condition_proj = SinusoidalProjection(condition_dim)
+        self.timestep_embedder = SiluMLP(timesteps_dim, embedding_dim, dtype=dtype)
+        self.condition_embedder = SiluMLP(4 * condition_dim, embedding_dim, dtype=dtype)
+        self.dtype = dtype
+
+    def construct(self, timestep, target_size, crop_coords):
+        batch = timestep.shape[0]
+        crop = self.condition_proj(crop_coords.reshape(-1)).reshape(batch, -1)
+        target = self.condition_proj(target_size.reshape(-1)).reshape(batch, -1)
+        t_emb = self.timestep_embedder(self.time_proj(timestep).astype(self.dtype))
+        c_emb = self.condition_embedder(mint.cat((crop, target), 1).astype(self.dtype))
+        return mint.nn.functional.silu(t_emb + c_emb)
+
+
+class GlmImageImageProjector(nn.Cell):
+    """Patchify (B, C, H, W) into (B, H/p * W/p, C*p*p) row-major patches, then project."""
+
+    def __init__(self, in_channels: int, hidden_size: int, patch_size: int, dtype: ms.Type = ms.float32):
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = Linear(in_channels * patch_size * patch_size, hidden_size, dtype=dtype)
+
+    def construct(self, x):
+        b, c, h, w = x.shape
+        p = self.patch_size
+        x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
+        return self.proj(x.reshape(b, (h // p) * (w // p), c * p * p))
+
+
+class ProjectThenActivate(nn.Cell):
+    """``proj`` followed by an activation: the first layer of a diffusers ``FeedForward``."""
+
+    def __init__(self, dim_in: int, dim_out: int, activation: str, dtype: ms.Type = ms.float32):
+        super().__init__()
+        if activation not in ("gelu", "gelu-approximate", "linear-silu"):
+            raise ValueError(f"unsupported feed-forward activation {activation!r}")
+        self.activation = activation
+        self.proj = Linear(dim_in, dim_out, dtype=dtype)
+
+    def construct(self, x):
+        x = self.proj(x)
+        if self.activation == "linear-silu":
+            return mint.nn.functional.silu(x)
+        if self.activation == "gelu-approximate":
+            return ops.gelu(x, approximate="tanh")
+        return ops.gelu(x, approximate="none")
+
+
+class FeedForward(nn.Cell):
+    """net.0 (projection + activation), net.1 (dropout slot, no weights), net.2 (output projection)."""
+
+    def __init__(self, dim: int, dim_out: int, inner_dim: int, activation: str, dtype: ms.Type = ms.float32):
+        super().__init__()
+        # the identity keeps the reference's index of the output layer (net.2) in parameter names
+        self.net = nn.CellList([ProjectThenActivate(dim, inner_dim, activation, dtype=dtype), nn.Identity(),
+                                Linear(inner_dim, dim_out, dtype=dtype)])
+
+    def construct(self, x):
+        return self.net[2](self.net[0](x))
+
+
+def apply_rotary(x, cos, sin):
+    """Rotate-half rotary on (B, S, H, d) with (S, d) tables, computed in fp32."""
+    x1, x2 = mint.chunk(x, 2, -1)
+    rotated = mint.cat((-x2, x1), -1)
+    cos = cos.unsqueeze(1)
+    sin = sin.unsqueeze(1)
+    return (x.astype(ms.float32) * cos + rotated.astype(ms.float32) * sin).astype(x.dtype)
+
+
+class GlmImageAttention(nn.Cell):
+    """Joint text+image attention; rotary on image tokens; optional cached reference keys/values first."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int, dtype: ms.Type = ms.float32):
+        super().__init__()
+        self.heads = heads
+        self.head_dim = head_dim
+        self.scale = head_dim ** -0.5
+        inner = heads * head_dim
+        self.to_q = Linear(dim, inner, dtype=dtype)
+        self.to_k = Linear(dim, inner, dtype=dtype)
+        self.to_v = Linear(dim, inner, dtype=dtype)
+        self.to_out = nn.CellList([Linear(inner, dim, dtype=dtype)])
+
+    def construct(self, hidden_states, encoder_hidden_states, rope_cos, rope_sin, cache_key, cache_value):
+        """Returns (image out, text out or None, keys, values); keys/values (B, S, H, d) exclude the cache."""
+        b = hidden_states.shape[0]
+        if encoder_hidden_states is None:
+            tokens = hidden_states
+        else:
+            tokens = mint.cat((encoder_hidden_states, hidden_states), 1)
+        query = _layer_norm(self.to_q(tokens).reshape(b, -1, self.heads, self.head_dim))
+        key = _layer_norm(self.to_k(tokens).reshape(b, -1, self.heads, self.head_dim))
+        value = self.to_v(tokens).reshape(b, -1, self.heads, self.head_dim)
+        if encoder_hidden_states is None:
+            query = apply_rotary(query, rope_cos, rope_sin)
+            key = apply_rotary(key, rope_cos, rope_sin)
+        else:
+            n_text = encoder_hidden_states.shape[1]
+            query = mint.cat((query[:, :n_text], apply_rotary(query[:, n_text:], rope_cos, rope_sin)), 1)
+            key = mint.cat((key[:, :n_text], apply_rotary(key[:, n_text:], rope_cos, rope_sin)), 1)
+        all_keys, all_values = key, value
+        if cache_key is not None:
+            all_keys = mint.cat((cache_key, key), 1)
+            all_values = mint.cat((cache_value, value), 1)
+        q = query.permute(0, 2, 1, 3)
+        k = all_keys.permute(0, 2, 3, 1)
+        v = all_values.permute(0, 2, 1, 3)
+        scores = mint.matmul(q, k).astype(ms.float32) * self.scale
+        probs = mint.nn.functional.softmax(scores, -1).astype(v.dtype)
+        out = mint.matmul(probs, v).permute(0, 2, 1, 3).reshape(b, -1, self.heads * self.head_dim)
+        out = self.to_out[0](out)
+        if encoder_hidden_states is None:
+            return out, None, key, value
+        n_text = encoder_hidden_states.shape[1]
+        return out[:, n_text:], out[:, :n_text], key, value
+
+
+class GlmImageAdaLayerNormZero(nn.Cell):
+    """Modulations of both streams: 12 chunks alternating image/text (the norms have no weights)."""
+
+    def __init__(self, embedding_dim: int, dim: int, dtype: ms.Type = ms.float32):
+        super().__init__()
+        self.dim = dim
+        self.linear = Linear(embedding_dim, 12 * dim, dtype=dtype)
+
+    def construct(self, temb):
+        """(image, text) modulations, each (B, 6, D): attention shift/scale/gate, then MLP shift/scale/gate."""
+        emb = self.linear(temb).reshape(temb.shape[0], 6, 2, self.dim)
+        return emb[:, :, 0], emb[:, :, 1]
+
+
+class GlmImageTransformerBlock(nn.Cell):
+    def __init__(self, dim: int, heads: int, head_dim: int, time_embed_dim: int, dtype: ms.Type = ms.float32):
+        super().__init__()
+        self.norm1 = GlmImageAdaLayerNormZero(time_embed_dim, dim, dtype=dtype)
+        self.attn1 = GlmImageAttention(dim, heads, head_dim, dtype=dtype)
+        self.ff = FeedForward(dim, dim, 4 * dim, "gelu-approximate", dtype=dtype)
+
+    def _feed_forward(self, x, mod):
+        return x + self.ff(_modulate(_layer_norm(x), mod[:, 3], mod[:, 4])) * mod[:, 5].unsqueeze(1)
+
+    def construct(self, hidden_states, encoder_hidden_states, temb, rope_cos, rope_sin, cache_key, cache_value):
+        img_mod, txt_mod = self.norm1(temb)
+        norm_h = _modulate(_layer_norm(hidden_states), img_mod[:, 0], img_mod[:, 1])
+        norm_e = None
+        if encoder_hidden_states is not None:
+            norm_e = _modulate(_layer_norm(encoder_hidden_states), txt_mod[:, 0], txt_mod[:, 1])
+        attn_h, attn_e, key, value = self.attn1(norm_h, norm_e, rope_cos, rope_sin, cache_key, cache_value)
+        hidden_states = self._feed_forward(hidden_states + attn_h * img_mod[:, 2].unsqueeze(1), img_mod)
+        if encoder_hidden_states is not None:
+            encoder_hidden_states = self._feed_forward(
+                encoder_hidden_states + attn_e * txt_mod[:, 2].unsqueeze(1), txt_mod)
+        return hidden_states, encoder_hidden_states, key, value
+
+
+class GlmImageAdaLayerNormContinuous(nn.Cell):
+    """Final norm: LN(x) * (1 + scale) + shift with (scale, shift) = linear(temb), no activation first."""
+
+    def __init__(self, dim: int, conditioning_dim: int, dtype: ms.Type = ms.float32):
+        super().__init__()
+        self.dim = dim
+        self.linear = Linear(conditioning_dim, 2 * dim, dtype=dtype)
+
+    def construct(self, x, temb):
+        emb = self.linear(temb.astype(x.dtype))
+        return _modulate(_layer_norm(x), emb[:, self.dim:], emb[:, :self.dim])
+
+
+class GlmImageTransformer2DModel(nn.Cell):
+    """Predicts the flow-matching velocity for latents (B, C, H, W); see ``transformer_inputs`` for inputs."""
+
+    def __init__(self, config: GlmImageTransformerConfig, dtype: ms.Type = ms.float32):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.patch_size = config.patch_size
+        self.out_channels = config.out_channels
+        inner = config.inner_dim
+        self.image_projector = GlmImageImageProjector(config.in_channels, inner, config.patch_size, dtype=dtype)
+        self.glyph_projector = FeedForward(config.text_embed_dim, inner, inner, "gelu", dtype=dtype)
+        self.prior_token_embedding = Embedding(config.prior_vq_quantizer_codebook_size, inner, dtype=dtype)
+        self.prior_projector = FeedForward(inner, inner, inner, "linear-silu", dtype=dtype)
+        self.time_condition_embed = GlmImageCombinedTimestepSizeEmbeddings(
+            config.time_embed_dim, config.condition_dim, config.time_embed_dim, dtype=dtype)
+        self.transformer_blocks = nn.CellList([
+            GlmImageTransformerBlock(inner, config.num_attention_heads, config.attention_head_dim,
+                                     config.time_embed_dim, dtype=dtype)
+            for _ in range(config.num_layers)
+        ])
+        self.norm_out = GlmImageAdaLayerNormContinuous(inner, config.time_embed_dim, dtype=dtype)
+        self.proj_out = Linear(inner, config.patch_size ** 2 * config.out_channels, dtype=dtype)
+
+    def construct(self, hidden_states, encoder_hidden_states, prior_token_id, prior_token_drop, timestep,
+                  target_size, crop_coords, rope_cos, rope_sin, cache_key=None, cache_value=None):
+        """Velocity (B, out_channels, H, W). ``cache_key``/``cache_value`` (L, B, Lc, heads, head_dim): read mode."""
+        sample, _, _ = self.forward_with_kv(hidden_states, encoder_hidden_states, prior_token_id, prior_token_drop,
+                                            timestep, target_size, crop_coords, rope_cos, rope_sin,
+                                            cache_key, cache_value)
+        return sample
+
+    def forward_with_kv(self, hidden_states, encoder_hidden_states, prior_token_id, prior_token_drop, timestep,
+                        target_size, crop_coords, rope_cos, rope_sin, cache_key, cache_value):
+        """(sample, keys, values); keys/values (L, B, S, heads, head_dim) are every block's own, uncached."""
+        b, _, height, width = hidden_states.shape
+        p = self.patch_size
+        x = self.image_projector(hidden_states)
+        prior = self.prior_token_embedding(prior_token_id)
+        prior = prior * mint.logical_not(prior_token_drop).astype(prior.dtype).unsqueeze(-1)
+        x = x + self.prior_projector(prior)
+        text = None
+        if encoder_hidden_states is not None:
+            text = self.glyph_projector(encoder_hidden_states)
+        temb = self.time_condition_embed(timestep, target_size, crop_coords)
+        keys = []
+        values = []
+        for i, block in enumerate(self.transformer_blocks):
+            if cache_key is None:
+                x, text, key, value = block(x, text, temb, rope_cos, rope_sin, None, None)
+            else:
+                x, text, key, value = block(x, text, temb, rope_cos, rope_sin, cache_key[i], cache_value[i])
+            keys.append(key)
+            values.append(value)
+        x = self.proj_out(self.norm_out(x, temb))
+        x = x.reshape(b, height // p, width // p, self.out_channels, p, p).permute(0, 3, 1, 4, 2, 5)
+        sample = x.reshape(b, self.out_channels, height, width)
+        return sample, ops.stack(keys), ops.stack(values)
+
+
+def transformer_inputs(config: GlmImageTransformerConfig, hidden_states, encoder_hidden_states, prior_token_id,
+                       prior_token_drop, timestep, target_size, crop_coords) -> tuple:
+    """Check one call's inputs and return them as tensors, rotary tables appended, in ``construct`` order.
+
+    hidden_states (B, in_channels, H, W) float latents, H and W divisible by patch_size;
+    encoder_hidden_states (B, T, text_embed_dim) glyph embeddings, or None (no text: the KV-cache write pass);
+    prior_token_id (B, H/p * W/p) ids; prior_token_drop the same shape, bool (True zeroes that prior
+    embedding: the unconditional pass); timestep (B,) (the pipeline passes t - 1); target_size and
+    crop_coords (B, 2): pixel (height, width) and top-left crop. numpy arrays or MindSpore tensors;
+    tensors are passed through unconverted (no host round trip in the denoising loop).
+    """
+    if len(hidden_states.shape) != 4 or hidden_states.shape[1] != config.in_channels:
+        raise ValueError(f"hidden_states must be (batch, {config.in_channels}, height, width) latents, "
+                         f"got shape {tuple(hidden_states.shape)}")
+    b, _, h, w = hidden_states.shape
+    p = config.patch_size
+    if h % p or w % p:
+        raise ValueError(f"latent size {h}x{w} is not divisible by patch_size={p}; "
+                         f"use image sizes whose latent height and width are multiples of {p}")
+    grid = (b, (h // p) * (w // p))
+    for name, value in (("prior_token_id", prior_token_id), ("prior_token_drop", prior_token_drop)):
+        if tuple(value.shape) != grid:
+            raise ValueError(f"{name} must have shape {grid} (one per {h // p}x{w // p} latent patch), got "
+                             f"{tuple(value.shape)}; upsample the AR token grid with upsample_prior_tokens")
+    if encoder_hidden_states is not None:
+        shape = tuple(encoder_hidden_states.shape)
+        if len(shape) != 3 or shape[0] != b or shape[2] != config.text_embed_dim or shape[1] < 1:
+            raise ValueError(f"encoder_hidden_states must be (batch={b}, tokens>=1, {config.text_embed_dim}), "
+                             f"got {shape}; pass None only for the KV-cache write pass")
+    if tuple(timestep.shape) != (b,):
+        raise ValueError(f"timestep must have shape ({b},), one value per sample, got {tuple(timestep.shape)}")
+    for name, value in (("target_size", target_size), ("crop_coords", crop_coords)):
+        if tuple(value.shape) != (b, 2):
+            raise ValueError(f"{name} must have shape ({b}, 2), got {tuple(value.shape)}")
+    cos, sin = _rotary(config.attention_head_dim, h // p, w // p)
+    return (_tensor(hidden_states, np.float32), None if encoder_hidden_states is None else
+            _tensor(encoder_hidden_states, np.float32), _tensor(prior_token_id, np.int32),
+            _tensor(prior_token_drop, np.bool_), _tensor(timestep, np.float32), _tensor(target_size, np.float32),
+            _tensor(crop_coords, np.float32), cos, sin)
+
+
+@functools.lru_cache(maxsize=16)
+def _rotary(head_dim: int, grid_h: int, grid_w: int) -> tuple[Tensor, Tensor]:
+    cos, sin = rotary_tables(head_dim, grid_h, grid_w)
+    return Tensor(cos), Tensor(sin)
+
+
+def _tensor(x, np_dtype) -> Tensor:
+    """MindSpore tensors pass through; anything else becomes a tensor of ``np_dtype``."""
+    return x if isinstance(x, Tensor) else Tensor(np.asarray(x, dtype=np_dtype))
