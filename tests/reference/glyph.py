@@ -1,7 +1,8 @@
 """Reference for the Glyph-byT5 path: tiny T5 encoder, ByT5 tokenizer, and the pipeline's glyph method.
 
 Writes text_encoder/ (sharded HF layout), tokenizer/, glyph.npz (encoder inputs/outputs, glyph
-embeddings per case, relative position buckets) and tokenizer.json (reference ids for tricky texts).
+embeddings per case, relative position buckets), tokenizer.json (reference ids for tricky texts) and
+cases.json (the prompts, so the tests need not import this torch script).
 """
 from __future__ import annotations
 
@@ -96,6 +97,8 @@ def main() -> None:
     tok_out.append({"text": TOKENIZER_TEXTS, "kwargs": {"padding": True},
                     "out": dict(tokenizer(TOKENIZER_TEXTS, padding=True))})
     (out / "tokenizer.json").write_text(json.dumps(tok_out, ensure_ascii=False, indent=1), encoding="utf-8")
+    cases = {"cases": CASES, "truncated": {"prompts": TRUNCATED[1], "max_length": TRUNCATED[2]}}
+    (out / "cases.json").write_text(json.dumps(cases, ensure_ascii=False, indent=1), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ class GlyphEncoder:
                 pad = mint.zeros((longest - emb.shape[0], emb.shape[1]), dtype=emb.dtype)
                 emb = mint.cat([pad, emb], dim=0)
             rows.append(emb)
-        return mint.stack(rows, dim=0)
+        return ops.stack(rows, 0)
 
     def encode_prompt(self, prompt: str | list[str], do_classifier_free_guidance: bool = True,
                       num_images_per_prompt: int = 1) -> tuple[ms.Tensor, ms.Tensor | None]:
@@ -72,7 +72,7 @@ class GlyphEncoder:
         positive = self.encode(prompts)
         negative = self.encode([""] * len(prompts)) if do_classifier_free_guidance else None
         if num_images_per_prompt > 1:
-            positive = mint.repeat_interleave(positive, num_images_per_prompt, dim=0)
+            positive = ops.repeat_interleave(positive, num_images_per_prompt, 0)
             if negative is not None:
-                negative = mint.repeat_interleave(negative, num_images_per_prompt, dim=0)
+                negative = ops.repeat_interleave(negative, num_images_per_prompt, 0)
         return positive, negative

@@ -18,6 +18,8 @@ from ...config.t5 import T5Config
 from ..layers import Embedding, Linear, RMSNorm
 
 _MASK_VALUE = float(np.finfo(np.float32).min)
+_SQRT_HALF = math.sqrt(0.5)
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
 def relative_position_bucket(length: int, num_buckets: int, max_distance: int) -> np.ndarray:
@@ -42,7 +44,10 @@ def relative_position_bucket(length: int, num_buckets: int, max_distance: int) -
 
 
 class _Activation(nn.Cell):
-    """The feed-forward nonlinearity named by the config (resolved when the graph compiles)."""
+    """The feed-forward nonlinearity named by the config (resolved when the graph compiles).
+
+    Written out from elementwise ops: the fused GeLU kernels are not available on CPU.
+    """
 
     def __init__(self, name: str):
         super().__init__()
@@ -51,11 +56,12 @@ class _Activation(nn.Cell):
     def construct(self, x):
         if self.name == "relu":
             return mint.nn.functional.relu(x)
-        if self.name == "gelu":
-            return mint.nn.functional.gelu(x)
         if self.name == "silu":
-            return mint.nn.functional.silu(x)
-        return mint.nn.functional.gelu(x, approximate="tanh")
+            return x * mint.sigmoid(x)
+        if self.name == "gelu":
+            return 0.5 * x * (1.0 + mint.erf(x * _SQRT_HALF))
+        # 0.5 * (1 + tanh(z)) == sigmoid(2z); CPU tanh is a coarse approximation (~1e-4), sigmoid is not.
+        return x * mint.sigmoid(2.0 * _SQRT_2_OVER_PI * (x + 0.044715 * x * x * x))
 
 
 class T5DenseActDense(nn.Cell):
@@ -113,16 +119,16 @@ class T5Attention(nn.Cell):
         return values.permute(2, 0, 1).unsqueeze(0)
 
     def _heads(self, x, b, length):
-        return x.reshape(b, length, self.n_heads, self.d_kv).transpose(1, 2)
+        return mint.transpose(x.reshape(b, length, self.n_heads, self.d_kv), 1, 2)
 
     def construct(self, x, bias):
         b, length, _ = x.shape
         q = self._heads(self.q(x), b, length)
         k = self._heads(self.k(x), b, length)
         v = self._heads(self.v(x), b, length)
-        scores = mint.matmul(q, k.transpose(2, 3)).astype(ms.float32) + bias
+        scores = mint.matmul(q, mint.transpose(k, 2, 3)).astype(ms.float32) + bias
         probs = mint.nn.functional.softmax(scores, dim=-1).astype(x.dtype)
-        out = mint.matmul(probs, v).transpose(1, 2).reshape(b, length, self.n_heads * self.d_kv)
+        out = mint.transpose(mint.matmul(probs, v), 1, 2).reshape(b, length, self.n_heads * self.d_kv)
         return self.o(out)
 
 
