@@ -6,23 +6,15 @@ import json
 import numpy as np
 import pytest
 
-from mindglm_image.config.ar import GlmImageConfig
+from ckpt_convert.convert import ConversionConfig, convert_component
 from mindglm_image.models.ar.image_tokens import encode_reference_images
-from mindglm_image.models.ar.vision import GlmImageVisionModel, vision_inputs
-from mindglm_image.models.ar.vqvae import GlmImageVQVAE
+from mindglm_image.models.ar.vision import vision_inputs
 from mindglm_image.processor.image_processing import (GlmImageImageProcessorConfig, preprocess_images,
                                                       target_size)
-from mindglm_image.weights.checkpoint import ShardedCheckpoint
-from mindglm_image.weights.loading import load_tensors_into_cell
+from mindglm_image.weights.components import COMPONENTS, load_component
 from parity_utils import assert_parity
 
-
-def _load_part(cell, folder, prefix: str):
-    ckpt = ShardedCheckpoint(folder, "model")
-    tensors = (t for t in ckpt if t.name.startswith(prefix))
-    load_tensors_into_cell(cell, tensors, str(folder), lambda name: name[len(prefix):])
-    cell.set_train(False)
-    return cell
+SPEC = COMPONENTS["vision_language_encoder"]
 
 
 @pytest.fixture(scope="module")
@@ -36,12 +28,12 @@ def arrays(ref):
 
 
 @pytest.fixture(scope="module")
-def cells(ref):
-    folder = ref / "vision_language_encoder"
-    config = GlmImageConfig.from_json_file(folder / "config.json")
-    visual = _load_part(GlmImageVisionModel(config.vision_config), folder, "model.visual.")
-    vqmodel = _load_part(GlmImageVQVAE(config.vq_config), folder, "model.vqmodel.")
-    return visual, vqmodel
+def cells(ref, tmp_path_factory):
+    """(visual, vqmodel) of the AR model, loaded through the converter and ``load_component``."""
+    ms_dir = convert_component(SPEC, ref / "vision_language_encoder", tmp_path_factory.mktemp("ar_vision") / "vle",
+                               ConversionConfig(max_shard_bytes=64 * 1024))
+    model = load_component(SPEC, ms_dir)
+    return model.model.visual, model.model.vqmodel
 
 
 @pytest.mark.parity
