@@ -20,7 +20,7 @@ def encode_reference_images(visual: GlmImageVisionModel, vqmodel: GlmImageVQVAE,
     ``preprocess_images``; each image's ids are row-major over its (h, w) grid.
     """
     grid = np.asarray(grid_thw, dtype=np.int64)
-    features = visual.encode(pixel_values, grid).asnumpy()
+    features = visual.encode(pixel_values, grid).astype(ms.float32).asnumpy()  # numpy has no bf16
     ids, start = [], 0
     for _, h, w in grid.tolist():
         image = features[start:start + h * w].reshape(1, h, w, -1).transpose(0, 3, 1, 2)
