@@ -12,7 +12,7 @@ from mindglm_image.config.base import ConfigError
 from mindglm_image.config.t5 import T5Config
 from mindglm_image.models.glyph.glyph_encoder import GlyphEncoder, glyph_token_batch
 from mindglm_image.models.glyph.t5_encoder import relative_position_bucket
-from mindglm_image.processor.byt5_tokenizer import ByT5Tokenizer
+from mindglm_image.processor.byt5_tokenizer import ByT5Tokenizer, TokenizerError
 from mindglm_image.processor.glyph_text import extract_glyph_texts
 from mindglm_image.weights.components import COMPONENTS, load_component
 
@@ -84,7 +84,9 @@ def test_glyph_embeds_parity(ref, glyph, parity_report, case):
     positive, negative = glyph.encode_prompt(prompts)
     assert_parity(parity_report, "text_encoder/glyph_embeds", positive.asnumpy(), arrays[f"{case}/embeds"])
     assert_parity(parity_report, "text_encoder/negative_glyph_embeds", negative.asnumpy(), arrays[f"{case}/negative"])
-    if case == "batch":  # the shorter prompt is zero-padded on the left
+    if case == "batch":  # the shorter prompt is zero-padded on the left; images per prompt repeat in place
+        twice, _ = glyph.encode_prompt(prompts, do_classifier_free_guidance=False, num_images_per_prompt=2)
+        np.testing.assert_array_equal(twice.asnumpy(), np.repeat(positive.asnumpy(), 2, axis=0))
         n_pad = positive.shape[1] - arrays[f"{case}/input_ids0"].size
         assert n_pad > 0 and not positive.asnumpy()[0, :n_pad].any()
 
@@ -98,6 +100,17 @@ def test_glyph_truncation_parity(ref, glyph, parity_report):
     input_ids, _ = glyph_token_batch(short.tokenizer, extract_glyph_texts(prompts)[0], max_len)
     np.testing.assert_array_equal(input_ids, arrays["truncated/input_ids0"])
     assert_parity(parity_report, "text_encoder/glyph_embeds", short.encode(prompts).asnumpy(), arrays["truncated/embeds"])
+
+
+def test_tokenizer_rejects_bad_input(tmp_path):
+    tok = ByT5Tokenizer()
+    with pytest.raises(TokenizerError, match="expected a string"):
+        tok([b"bytes"])
+    with pytest.raises(TokenizerError, match="max_length=0"):
+        tok("abc", max_length=0, truncation=True)
+    (tmp_path / "tokenizer_config.json").write_text("{not json")
+    with pytest.raises(TokenizerError, match="not valid JSON"):
+        ByT5Tokenizer.from_pretrained(tmp_path)
 
 
 def test_config_roundtrip_and_errors(ref):

@@ -5,6 +5,9 @@ table is stored once as ``shared.weight`` (the reference ties ``encoder.embed_to
 the copy), so this cell holds that single parameter and the stack receives embeddings.
 Relative position buckets depend only on the sequence length; they are computed on the host
 (``relative_position_bucket``) and fed to the cell, which keeps the graph free of shape logic.
+T5's norm is ``layers.RMSNorm``: the reference casts the normed states to the weight's dtype, which is
+the activation dtype here because every parameter shares ``dtype`` (the reference keeps ``wo`` in fp32
+only for fp16, which this port rejects). Scores, bias and softmax are fp32 and cast back.
 """
 from __future__ import annotations
 
