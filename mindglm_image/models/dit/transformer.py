@@ -47,8 +47,10 @@ class SinusoidalProjection(nn.Cell):
     def __init__(self, num_channels: int, max_period: float = 10000.0):
         super().__init__()
         half = num_channels // 2
-        exponent = -math.log(max_period) * np.arange(half, dtype=np.float32) / np.float32(half)
-        self.freqs = Tensor(np.exp(exponent.astype(np.float32)).astype(np.float32))
+        exponent = (-math.log(max_period) * np.arange(half, dtype=np.float32) / np.float32(half)).astype(np.float32)
+        # fp32 exponent as the reference, exp in fp64 then rounded: this matches torch's fp32 exp far more
+        # often than numpy's fp32 exp, and a 1-ulp frequency error grows ~1000x at timestep 1000
+        self.freqs = Tensor(np.exp(exponent.astype(np.float64)).astype(np.float32))
         self.pad = num_channels % 2  # odd widths get one zero column, as the reference does
 
     def construct(self, values):
@@ -247,12 +249,16 @@ class GlmImageAdaLayerNormContinuous(nn.Cell):
 
 
 class GlmImageTransformer2DModel(nn.Cell):
-    """Predicts the flow-matching velocity for latents (B, C, H, W); see ``transformer_inputs`` for inputs."""
+    """Predicts the flow-matching velocity for latents (B, C, H, W); see ``transformer_inputs`` for inputs.
+
+    Latents and glyph embeddings are cast to the compute dtype inside, so fp32 host inputs feed a bf16 model.
+    """
 
     def __init__(self, config: GlmImageTransformerConfig, dtype: ms.Type = ms.float32):
         super().__init__()
         config.validate()
         self.config = config
+        self.compute_dtype = dtype
         self.patch_size = config.patch_size
         self.out_channels = config.out_channels
         inner = config.inner_dim
@@ -283,13 +289,13 @@ class GlmImageTransformer2DModel(nn.Cell):
         """(sample, keys, values); keys/values (L, B, S, heads, head_dim) are every block's own, uncached."""
         b, _, height, width = hidden_states.shape
         p = self.patch_size
-        x = self.image_projector(hidden_states)
+        x = self.image_projector(hidden_states.astype(self.compute_dtype))
         prior = self.prior_token_embedding(prior_token_id)
         prior = prior * mint.logical_not(prior_token_drop).astype(prior.dtype).unsqueeze(-1)
         x = x + self.prior_projector(prior)
         text = None
         if encoder_hidden_states is not None:
-            text = self.glyph_projector(encoder_hidden_states)
+            text = self.glyph_projector(encoder_hidden_states.astype(self.compute_dtype))
         temb = self.time_condition_embed(timestep, target_size, crop_coords)
         keys = []
         values = []
