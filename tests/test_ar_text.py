@@ -3,14 +3,21 @@ decoding (one compiled decode graph), left-padded batches. Weights go through th
 ``load_component`` (the product path)."""
 from __future__ import annotations
 
+from pathlib import Path
+
+import mindspore as ms
 import numpy as np
 import pytest
+from mindspore import mint, nn
 from parity_utils import assert_parity
 
 from ckpt_convert.convert import ConversionConfig, convert_component
-from mindglm_image.models.ar.rope import compute_rope_positions
+from mindglm_image.config.ar import GlmImageConfig
+from mindglm_image.models.ar.rope import MultimodalRotaryEmbedding, compute_rope_positions
+from mindglm_image.models.ar.text_model import GlmImageTextDecoderLayer, causal_key_mask
 from mindglm_image.weights.checkpoint import ShardedCheckpoint
 from mindglm_image.weights.components import COMPONENTS, load_component
+from mindglm_image.weights.loading import load_tensors_into_cell
 
 SPEC = COMPONENTS["vision_language_encoder"]
 START, END = 184, 185  # as tests/reference/ar_text.py
@@ -112,3 +119,32 @@ def test_bad_inputs_are_named(ref, model):
     session.prefill(ids, compute_rope_positions(ids, START, END, grids).prefill)
     with pytest.raises(ValueError, match="overflows the cache"):
         session.step(ids[:, :1], np.zeros((3, 1, 1), np.int64))
+
+
+class _OneLayer(nn.Cell):
+    """Rotary tables + causal mask + one decoder layer, named ``layers.0.*`` like the fixture's tensors."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.rotary_emb = MultimodalRotaryEmbedding(config.rotary_dim, config.rope_theta, config.mrope_section)
+        self.layers = nn.CellList([GlmImageTextDecoderLayer(config)])
+
+    def construct(self, hidden, position_ids):
+        seq = hidden.shape[1]
+        mask = causal_key_mask(mint.ones((1, seq), dtype=ms.int32), mint.arange(seq, dtype=ms.int32))
+        cos, sin = self.rotary_emb(position_ids)
+        return self.layers[0](hidden, cos, sin, mask)
+
+
+@pytest.mark.parity
+@pytest.mark.fullsize
+def test_one_real_size_decoder_layer(reference_fixture, parity_report):
+    """Hidden 4096, 32 heads / 2 KV heads, MLP 13696, bf16-valued random weights (about 0.8 GB in fp32)."""
+    folder = reference_fixture("ar_text_fullsize")
+    real = Path(__file__).resolve().parents[1] / "configs" / "glm_image" / "vision_language_encoder" / "config.json"
+    config = GlmImageConfig.from_json_file(real).text_config
+    cell = _OneLayer(config)
+    load_tensors_into_cell(cell, ShardedCheckpoint(folder), str(folder))
+    data = np.load(folder / "layer.npz")
+    out = cell(ms.Tensor(data["hidden"]), ms.Tensor(data["positions"].astype(np.int32))).asnumpy()
+    assert_parity(parity_report, "vision_language_encoder/real_size_layer", out, data["output"])
