@@ -12,6 +12,7 @@ from typing import Callable
 
 import mindspore as ms
 from mindspore import nn
+from mindspore.nn.utils import no_init_parameters
 
 from ..config.base import HFConfig
 from .checkpoint import ShardedCheckpoint
@@ -74,7 +75,10 @@ def load_config(spec: ComponentSpec, folder: str | Path) -> HFConfig:
 
 
 def build_cell(spec: ComponentSpec, config: HFConfig, dtype: ms.Type = ms.float32) -> nn.Cell:
-    return spec.cell_class()(config, dtype=dtype)
+    """Build the cell with deferred parameter init: no weight memory is allocated until weights load,
+    so a 16B model needs only its own size once loaded (and nothing to list its parameter shapes)."""
+    with no_init_parameters():
+        return spec.cell_class()(config, dtype=dtype)
 
 
 def load_component(spec: ComponentSpec, folder: str | Path, dtype: ms.Type = ms.float32) -> nn.Cell:
