@@ -39,25 +39,33 @@ class Embedding(nn.Cell):
         return ops.gather(self.weight, ids, 0)
 
 
+def layer_norm(x, eps: float):
+    """Normalise over the last axis in fp32 and cast back.
+
+    Written with elementary ops: mint's fused layer norm has no CPU kernel in MindSpore 2.10.
+    """
+    h = x.astype(ms.float32)
+    h = h - mint.mean(h, -1, keepdim=True)
+    return (h * ops.rsqrt(mint.mean(h * h, -1, keepdim=True) + eps)).astype(x.dtype)
+
+
 class LayerNorm(nn.Cell):
     """Layer norm computed in fp32 and cast back; affine parameters optional."""
 
     def __init__(self, dim: int, eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True,
                  dtype: ms.Type = ms.float32):
         super().__init__()
-        self.dim = dim
         self.eps = eps
         self.weight = _param((dim,), dtype, One()) if elementwise_affine else None
         self.bias = _param((dim,), dtype, Zero()) if elementwise_affine and bias else None
 
     def construct(self, x):
-        dtype = x.dtype
-        y = mint.nn.functional.layer_norm(x.astype(ms.float32), (self.dim,), None, None, self.eps)
+        y = layer_norm(x.astype(ms.float32), self.eps)
         if self.weight is not None:
             y = y * self.weight.astype(ms.float32)
         if self.bias is not None:
             y = y + self.bias.astype(ms.float32)
-        return y.astype(dtype)
+        return y.astype(x.dtype)
 
 
 class RMSNorm(nn.Cell):

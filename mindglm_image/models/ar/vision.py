@@ -89,17 +89,6 @@ def vision_inputs(grid_thw: np.ndarray, position_grid: int) -> VisionInputs:
     return VisionInputs(index, weight, mask)
 
 
-class _LayerNorm(LayerNorm):
-    """``layers.LayerNorm`` written out with elementary ops: mint's fused layer norm has no CPU kernel in
-    MindSpore 2.10. Same parameters; drop this once ``layers.LayerNorm`` runs on CPU."""
-
-    def construct(self, x):
-        h = x.astype(ms.float32)
-        h = h - mint.mean(h, -1, keepdim=True)
-        h = h * ops.rsqrt(mint.mean(h * h, -1, keepdim=True) + self.eps)
-        return (h * self.weight.astype(ms.float32) + self.bias.astype(ms.float32)).astype(x.dtype)
-
-
 class GlmImageVisionEmbeddings(nn.Cell):
     """Adds the learned position table, resampled bilinearly to each image's grid."""
 
@@ -168,8 +157,8 @@ class GlmImageVisionBlock(nn.Cell):
 
     def __init__(self, config: GlmImageVisionConfig, dtype: ms.Type = ms.float32):
         super().__init__()
-        self.norm1 = _LayerNorm(config.hidden_size, eps=config.layer_norm_eps, dtype=dtype)
-        self.norm2 = _LayerNorm(config.hidden_size, eps=config.layer_norm_eps, dtype=dtype)
+        self.norm1 = LayerNorm(config.hidden_size, eps=config.layer_norm_eps, dtype=dtype)
+        self.norm2 = LayerNorm(config.hidden_size, eps=config.layer_norm_eps, dtype=dtype)
         self.attn = GlmImageVisionAttention(config, dtype)
         self.mlp = GlmImageVisionMLP(config, dtype)
 

@@ -20,20 +20,10 @@ import numpy as np
 from mindspore import Tensor, mint, nn, ops
 
 from ...config.dit import GlmImageTransformerConfig
-from ..layers import Embedding, Linear
+from ..layers import Embedding, Linear, layer_norm
 from .rotary import rotary_tables
 
 _NORM_EPS = 1e-5
-
-
-def _layer_norm(x):
-    """Layer norm without affine parameters (every norm of this model), in fp32, cast back.
-
-    Written out because ``mint``'s fused layer norm has no CPU kernel.
-    """
-    h = x.astype(ms.float32)
-    h = h - mint.mean(h, -1, keepdim=True)
-    return (h * ops.rsqrt(mint.mean(h * h, -1, keepdim=True) + _NORM_EPS)).astype(x.dtype)
 
 
 def _modulate(x, shift, scale):
@@ -170,8 +160,8 @@ class GlmImageAttention(nn.Cell):
             tokens = hidden_states
         else:
             tokens = mint.cat((encoder_hidden_states, hidden_states), 1)
-        query = _layer_norm(self.to_q(tokens).reshape(b, -1, self.heads, self.head_dim))
-        key = _layer_norm(self.to_k(tokens).reshape(b, -1, self.heads, self.head_dim))
+        query = layer_norm(self.to_q(tokens).reshape(b, -1, self.heads, self.head_dim), _NORM_EPS)
+        key = layer_norm(self.to_k(tokens).reshape(b, -1, self.heads, self.head_dim), _NORM_EPS)
         value = self.to_v(tokens).reshape(b, -1, self.heads, self.head_dim)
         if encoder_hidden_states is None:
             query = apply_rotary(query, rope_cos, rope_sin)
@@ -219,14 +209,14 @@ class GlmImageTransformerBlock(nn.Cell):
         self.ff = FeedForward(dim, dim, 4 * dim, "gelu-approximate", dtype=dtype)
 
     def _feed_forward(self, x, mod):
-        return x + self.ff(_modulate(_layer_norm(x), mod[:, 3], mod[:, 4])) * mod[:, 5].unsqueeze(1)
+        return x + self.ff(_modulate(layer_norm(x, _NORM_EPS), mod[:, 3], mod[:, 4])) * mod[:, 5].unsqueeze(1)
 
     def construct(self, hidden_states, encoder_hidden_states, temb, rope_cos, rope_sin, cache_key, cache_value):
         img_mod, txt_mod = self.norm1(temb)
-        norm_h = _modulate(_layer_norm(hidden_states), img_mod[:, 0], img_mod[:, 1])
+        norm_h = _modulate(layer_norm(hidden_states, _NORM_EPS), img_mod[:, 0], img_mod[:, 1])
         norm_e = None
         if encoder_hidden_states is not None:
-            norm_e = _modulate(_layer_norm(encoder_hidden_states), txt_mod[:, 0], txt_mod[:, 1])
+            norm_e = _modulate(layer_norm(encoder_hidden_states, _NORM_EPS), txt_mod[:, 0], txt_mod[:, 1])
         attn_h, attn_e, key, value = self.attn1(norm_h, norm_e, rope_cos, rope_sin, cache_key, cache_value)
         hidden_states = self._feed_forward(hidden_states + attn_h * img_mod[:, 2].unsqueeze(1), img_mod)
         if encoder_hidden_states is not None:
@@ -245,7 +235,7 @@ class GlmImageAdaLayerNormContinuous(nn.Cell):
 
     def construct(self, x, temb):
         emb = self.linear(temb.astype(x.dtype))
-        return _modulate(_layer_norm(x), emb[:, self.dim:], emb[:, :self.dim])
+        return _modulate(layer_norm(x, _NORM_EPS), emb[:, self.dim:], emb[:, :self.dim])
 
 
 class GlmImageTransformer2DModel(nn.Cell):
