@@ -92,7 +92,7 @@ def convert_component(spec: ComponentSpec, src: str | Path, dst: str | Path,
     """Convert ``src`` (one component folder) into ``dst``; returns ``dst``.
 
     Non-weight files (config.json, generation_config.json, ...) are copied unchanged. Only one tensor
-    is held in memory at a time (source shards are memory-mapped).
+    is held in memory at a time.
     """
     src, dst = Path(src), Path(dst)
     src_stem, dst_stem = cfg.stems(spec)

@@ -1,7 +1,7 @@
 """A small safetensors reader/writer that streams tensors and keeps bf16 bytes intact.
 
 numpy has no bfloat16, so the stock numpy reader cannot open the official checkpoint; here a tensor is
-its raw bytes plus a dtype tag, read lazily from a memory map, so conversion copies bytes exactly and
+its raw bytes plus a dtype tag, read only when asked for, so conversion copies bytes exactly and
 peak memory stays near one tensor.
 """
 from __future__ import annotations
@@ -42,7 +42,7 @@ class TensorData:
     name: str
     dtype: str
     shape: tuple[int, ...]
-    raw: np.ndarray  # 1-D uint8 view (memory-mapped when read from disk)
+    raw: np.ndarray  # 1-D uint8 bytes
 
     @property
     def nbytes(self) -> int:
@@ -94,7 +94,7 @@ class TensorInfo:
 
 
 class SafetensorsFile:
-    """Lazy, memory-mapped view of one ``.safetensors`` file with its header validated up front."""
+    """Lazy view of one ``.safetensors`` file: header validated up front, each tensor read on demand."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -129,7 +129,6 @@ class SafetensorsFile:
                     "the shard is truncated, copy or convert it again"
                 )
             self.infos[name] = TensorInfo(name, dtype, shape, start, end)
-        self._map: np.memmap | None = None
 
     def keys(self) -> list[str]:
         return list(self.infos)
@@ -138,9 +137,11 @@ class SafetensorsFile:
         info = self.infos.get(name)
         if info is None:
             raise CheckpointError(f"{self.path}: no tensor named {name}")
-        if self._map is None:
-            self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
-        raw = self._map[self._data_start + info.start:self._data_start + info.end]
+        # a plain read, not a memory map: the bytes are the caller's until dropped, so streaming
+        # conversion holds one tensor at a time instead of accumulating mapped pages of every shard
+        raw = np.fromfile(self.path, dtype=np.uint8, count=info.end - info.start, offset=self._data_start + info.start)
+        if raw.size != info.end - info.start:
+            raise CheckpointError(f"{self.path}: tensor {name} could not be read completely (file changed or truncated)")
         return TensorData(name, info.dtype, info.shape, raw)
 
     def __iter__(self) -> Iterator[TensorData]:
