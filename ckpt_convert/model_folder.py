@@ -25,6 +25,8 @@ def convert_model_folder(src: str | Path, dst: str | Path, cfg: ConversionConfig
     index = read_model_index(src)
     work = dst.with_name(f".{dst.name}.partial")
     work.mkdir(parents=True, exist_ok=True)
+    for stale in work.glob(".*"):  # temporaries of a run that was killed before it could clean up
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink()
     for name in component_names(index):
         part_src, part_work = src / name, work / name
         if not part_src.is_dir():

@@ -156,3 +156,40 @@ def test_cli_convert_and_verify(tmp_path, capsys):
     assert cli_main(["verify", str(tmp_path / "nowhere")]) == 1
     assert cli_main(["convert", "--from", "hf", "--src", str(tmp_path / "missing"), "--dst", str(tmp_path / "x")]) == 2
     assert "model_index.json not found" in capsys.readouterr().err
+
+
+_KILL_SCRIPT = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[3])
+import ckpt_convert.convert as convert_mod
+from ckpt_convert.convert import ConversionConfig
+from ckpt_convert.model_folder import convert_model_folder
+real, calls = convert_mod.write_safetensors_streamed, [0]
+def killed_on_second_shard(path, specs, payloads, metadata=None):
+    calls[0] += 1
+    if calls[0] == 2:
+        next(iter(payloads))             # mid-shard: a temp file is open and half written
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(path, specs, payloads, metadata)
+convert_mod.write_safetensors_streamed = killed_on_second_shard
+convert_model_folder(sys.argv[1], sys.argv[2], ConversionConfig(max_shard_bytes=64 * 1024))
+"""
+
+
+def test_sigkill_mid_conversion_then_rerun(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    write_model_folder(tmp_path / "hf")
+    tests_dir = str(Path(__file__).parent)
+    proc = subprocess.run([sys.executable, "-c", _KILL_SCRIPT, str(tmp_path / "hf"), str(tmp_path / "ms"), tests_dir],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert not (tmp_path / "ms").exists()
+    assert verify_model_folder(tmp_path / "ms") != []
+    assert verify_model_folder(tmp_path / ".ms.partial") != []
+    assert any(p.name.startswith(".") for p in (tmp_path / ".ms.partial").rglob("*"))  # the killed run's temporaries
+    convert_model_folder(tmp_path / "hf", tmp_path / "ms", ConversionConfig(max_shard_bytes=64 * 1024))
+    assert verify_model_folder(tmp_path / "ms", source=tmp_path / "hf") == []
+    assert not [p for p in (tmp_path / "ms").rglob(".*")]
