@@ -1,4 +1,5 @@
-"""``mindglm-image`` command line: convert and verify checkpoints (generation commands join as they land)."""
+"""``mindglm-image`` command line: convert and verify checkpoints, make a tiny test model (generation commands
+join as they land)."""
 from __future__ import annotations
 
 import argparse
@@ -29,6 +30,17 @@ def _verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _make_tiny(args: argparse.Namespace) -> int:
+    import time
+
+    from .tiny_model import make_tiny_model
+
+    start = time.perf_counter()
+    out = make_tiny_model(args.dir, seed=args.seed, overwrite=args.overwrite)
+    print(f"wrote a tiny random GLM-Image model to {out} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mindglm-image", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -43,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", help="converted model folder")
     p.add_argument("--source", default=None, help="also re-hash the source folder it was converted from")
     p.set_defaults(func=_verify)
+    p = sub.add_parser("make-tiny", help="write a tiny random GLM-Image model folder (official layout) for tests and demos")
+    p.add_argument("dir", help="output folder (written atomically; must not exist or be empty)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the weights")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty folder")
+    p.set_defaults(func=_make_tiny)
     return parser
 
 

@@ -51,6 +51,20 @@ def _fixture_key(name: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def _run_reference_script(name: str, out: Path, *args: str) -> None:
+    """Run ``tests/reference/<name>.py OUT *args`` in the reference environment; fail the test on error."""
+    python = _ref_python()
+    if not python.is_file():
+        pytest.fail(
+            f"reference interpreter {python} not found: run `bash scripts/setup_reference_env.sh` "
+            "(or set MINDGLM_REF_PYTHON) to create the PyTorch reference environment"
+        )
+    proc = subprocess.run([str(python), str(REF_DIR / f"{name}.py"), str(out), *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": f"{REF_DIR}{os.pathsep}{ROOT}"})
+    if proc.returncode != 0:
+        pytest.fail(f"reference script {name}.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+
+
 @pytest.fixture(scope="session")
 def reference_fixture():
     """Return ``get(name) -> Path``: the folder made by ``tests/reference/<name>.py`` in the reference env."""
@@ -61,19 +75,10 @@ def reference_fixture():
             return made[name]
         out = CACHE / f"{name}-{_fixture_key(name)}"
         if not (out / "DONE").is_file():
-            python = _ref_python()
-            if not python.is_file():
-                pytest.fail(
-                    f"reference interpreter {python} not found: run `bash scripts/setup_reference_env.sh` "
-                    "(or set MINDGLM_REF_PYTHON) to create the PyTorch reference environment"
-                )
             tmp = out.with_name(out.name + ".partial")
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            proc = subprocess.run([str(python), str(REF_DIR / f"{name}.py"), str(tmp)], cwd=ROOT,
-                                  capture_output=True, text=True, env={**os.environ, "PYTHONPATH": f"{REF_DIR}{os.pathsep}{ROOT}"})
-            if proc.returncode != 0:
-                pytest.fail(f"reference script {name}.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+            _run_reference_script(name, tmp)
             (tmp / "DONE").write_text("ok\n")
             shutil.rmtree(out, ignore_errors=True)
             os.replace(tmp, out)
@@ -81,6 +86,19 @@ def reference_fixture():
         return out
 
     return get
+
+
+@pytest.fixture
+def reference_run(tmp_path_factory):
+    """Return ``run(name, *args) -> Path``: runs ``tests/reference/<name>.py OUT *args`` uncached (inputs made
+    by the test, e.g. a model folder, go in ``args``) in a fresh OUT folder, and returns OUT."""
+
+    def run(name: str, *args) -> Path:
+        out = tmp_path_factory.mktemp(f"ref-{name}")
+        _run_reference_script(name, out, *args)
+        return out
+
+    return run
 
 
 @pytest.fixture(scope="session")
