@@ -88,7 +88,7 @@ def reference_fixture():
     return get
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def reference_run(tmp_path_factory):
     """Return ``run(name, *args) -> Path``: runs ``tests/reference/<name>.py OUT *args`` uncached (inputs made
     by the test, e.g. a model folder, go in ``args``) in a fresh OUT folder, and returns OUT."""

@@ -8,6 +8,7 @@ then patches flattened channel-major, ordered row-major over merge blocks.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 from pathlib import Path
@@ -70,8 +71,15 @@ class GlmImageImageProcessorConfig(HFConfig):
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> "GlmImageImageProcessorConfig":
-        """Read ``folder/preprocessor_config.json`` (the checkpoint's ``processor/`` folder)."""
-        return cls.from_json_file(Path(folder) / "preprocessor_config.json")
+        """Read the checkpoint's ``processor/`` folder: ``preprocessor_config.json``, or the
+        ``image_processor`` entry of ``processor_config.json`` (the layout transformers 5 writes)."""
+        folder = Path(folder)
+        if (folder / "preprocessor_config.json").is_file() or not (folder / "processor_config.json").is_file():
+            return cls.from_json_file(folder / "preprocessor_config.json")
+        data = json.loads((folder / "processor_config.json").read_text(encoding="utf-8"))
+        if "image_processor" not in data:
+            raise ConfigError(f"{folder / 'processor_config.json'} has no image_processor entry")
+        return cls.from_dict(data["image_processor"])
 
 
 class ProcessedImages(NamedTuple):
@@ -108,7 +116,7 @@ def target_size(height: int, width: int, factor: int, min_pixels: int, max_pixel
     return new_h, new_w
 
 
-def _load(image: ImageLike) -> Image.Image:
+def load_image(image: ImageLike) -> Image.Image:
     if isinstance(image, (str, os.PathLike)):
         try:
             with Image.open(image) as opened:
@@ -160,7 +168,7 @@ def preprocess_images(images: ImageLike | list[ImageLike], config: GlmImageImage
     patches, grids = [], []
     factor = config.patch_size * config.merge_size
     for item in images:
-        image = _load(item)
+        image = load_image(item)
         if config.do_convert_rgb:
             image = _to_rgb(image)
         elif image.mode != "RGB":

@@ -1,0 +1,106 @@
+"""Autoregressive generation of the prior image tokens with the static-shape KV cache.
+
+Mirrors what GlmImagePipeline asks of ``generate``: the prompt (reference-image placeholders replaced by
+their VQ ids) is prefilled once, then one token per step is sampled and fed back at its 3-D grid
+position (T2I: the preview grid, then the full grid, then the end marker; I2I: the full grid). The
+full grid's ids are cut out and upsampled 2x for the DiT.
+
+Graphs are compiled once per shape and reused: decode sessions are kept per (batch, cache length) and
+prompts are left-padded to a multiple of ``prompt_bucket`` so the prefill graph is shared across prompts.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from tqdm import tqdm
+
+from ..models.ar.glm_image_ar import GlmImageForConditionalGeneration
+from ..models.dit.prior_tokens import upsample_prior_tokens
+from ..processor.prompt import PromptBatch
+from .sampling import TokenSampler
+
+
+@dataclasses.dataclass(frozen=True)
+class PriorGenerationConfig:
+    prompt_bucket: int = 64   # prompts are left-padded to a multiple of this (0: no padding)
+    cache_bucket: int = 256   # cache length rounded up to a multiple of this, so sessions are reused
+    progress: bool = True
+
+
+@dataclasses.dataclass
+class PriorTokens:
+    generated: np.ndarray     # (B, N) every sampled token, end marker included
+    grid_ids: np.ndarray      # (B, h*w) full-grid ids at the AR resolution (32 px per token)
+    prior_ids: np.ndarray     # (B, 2h*2w) the same, upsampled to the DiT's patch grid
+
+
+class PriorGenerator:
+    """Runs prompt batches through one AR model, reusing compiled graphs between calls."""
+
+    def __init__(self, model: GlmImageForConditionalGeneration, cfg: PriorGenerationConfig = PriorGenerationConfig()):
+        self.model = model
+        self.cfg = cfg
+        self._sessions: dict[tuple[int, int], object] = {}
+
+    def _session(self, batch: int, needed: int):
+        step = max(self.cfg.cache_bucket, 1)
+        length = -(-needed // step) * step
+        key = (batch, length)
+        if key not in self._sessions:
+            self._sessions[key] = self.model.new_decode_session(batch, length)
+        session = self._sessions[key]
+        session.reset()
+        return session
+
+    def _pad_prompt(self, batch: PromptBatch, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+        ids, mask = batch.input_ids, batch.attention_mask
+        bucket = self.cfg.prompt_bucket
+        extra = (-ids.shape[1]) % bucket if bucket else 0
+        if extra:
+            ids = np.concatenate([np.full((ids.shape[0], extra), pad_id, ids.dtype), ids], axis=1)
+            mask = np.concatenate([np.zeros((mask.shape[0], extra), mask.dtype), mask], axis=1)
+        return ids, mask
+
+    def __call__(self, batch: PromptBatch, sampler: TokenSampler, reference_ids: np.ndarray | None = None,
+                 pad_id: int = 0) -> PriorTokens:
+        """Generate the target grid(s) of every prompt in ``batch``.
+
+        ``reference_ids`` are the VQ ids of all reference images in prompt order (I2I), written over the
+        image placeholder tokens; ``pad_id`` fills the left padding added for graph reuse.
+        """
+        config = self.model.config
+        ids, mask = self._pad_prompt(batch, pad_id)
+        placeholders = ids == config.image_token_id
+        if reference_ids is not None or placeholders.any():
+            count = 0 if reference_ids is None else len(reference_ids)
+            if placeholders.sum() != count:
+                raise ValueError(f"the prompts hold {int(placeholders.sum())} image placeholder tokens but "
+                                 f"{count} reference-image ids were given; encode every reference image")
+            ids = ids.copy()
+            ids[placeholders] = reference_ids
+        t2i = not placeholders.any()  # no reference image: the preview grid is generated first
+        h, w = batch.grid.height, batch.grid.width
+        new_tokens = h * w + (batch.grid.preview_height * batch.grid.preview_width if t2i else 0) + 1
+        offset = batch.grid.preview_height * batch.grid.preview_width if t2i else 0
+        positions = self.model.rope_positions(ids, batch.image_grid_thw, batch.images_per_sample, mask)
+        session = self._session(len(ids), ids.shape[1] + new_tokens)
+        logits = session.prefill(ids, positions.prefill, mask)
+        generated = np.zeros((len(ids), new_tokens), dtype=np.int64)
+        eos = config.image_end_token_id
+        finished = np.zeros(len(ids), dtype=bool)
+        for k in tqdm(range(new_tokens), desc="AR tokens", disable=not self.cfg.progress):
+            token = sampler(logits.asnumpy().astype(np.float32))
+            token = np.where(finished, eos, token)   # a finished sample keeps emitting its end marker
+            generated[:, k] = token
+            finished |= token == eos
+            if finished.all() or k == new_tokens - 1:
+                generated[:, k + 1:] = eos
+                break
+            logits = session.step(token[:, None], positions.decode_step(k))
+        grid_ids = generated[:, offset:offset + h * w]
+        if (grid_ids >= config.vq_config.num_embeddings).any():
+            raise RuntimeError("the AR model ended or broke the image grid early (non-image ids inside the grid); "
+                               "retry with another seed or check that the checkpoint matches its config")
+        prior = np.stack([upsample_prior_tokens(row, h, w).reshape(-1) for row in grid_ids])
+        return PriorTokens(generated, grid_ids, prior)

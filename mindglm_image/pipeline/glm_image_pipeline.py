@@ -1,0 +1,184 @@
+"""``GlmImagePipeline``: prompt (+ reference images) in, image out, the same steps as the reference.
+
+1. AR prior: chat-templated prompt -> static-KV decoding of the preview and full token grids (I2I: the
+   reference images' VQ ids sit in the prompt and only the full grid is generated).
+2. Glyph-byT5 embeddings of the quoted text (and of "" for the unconditional branch).
+3. I2I: every reference image is VAE-encoded and run once through the DiT to fill its KV cache.
+4. CFG flow-match denoising from seeded noise; 5. VAE decode to pixels.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import mindspore as ms
+import numpy as np
+from PIL import Image
+
+from ..generation.prior import PriorGenerationConfig, PriorGenerator, PriorTokens
+from ..generation.sampling import SamplingConfig, TokenSampler
+from ..models.ar.image_tokens import encode_reference_images
+from ..models.dit.kv_cache import GlmImageKVCache
+from ..models.dit.prior_tokens import upsample_prior_tokens
+from ..models.glyph.glyph_encoder import GlyphEncoder
+from ..models.vae.processing import denormalize_latents, normalize_latents, postprocess_images, to_uint8
+from ..processor.byt5_tokenizer import ByT5Tokenizer
+from ..processor.image_processing import GlmImageImageProcessorConfig, load_image, preprocess_images
+from ..processor.prompt import GRID_FACTOR, PromptProcessor
+from ..scheduler.flow_match import FlowMatchEulerScheduler
+from ..weights.components import COMPONENTS, load_component
+from .denoise import DenoiseConfig, denoise
+from .vae_image import vae_input
+
+REQUIRED_PARTS = ("processor", "tokenizer", "text_encoder", "vision_language_encoder", "transformer", "vae", "scheduler")
+
+
+@dataclasses.dataclass(frozen=True)
+class SizeLimits:
+    """Sides must be multiples of 32 (one AR token) within these bounds (the real model: 512-2048)."""
+
+    min_side: int = 32
+    max_side: int = 4096
+
+    def check(self, height: int, width: int) -> None:
+        for name, side in (("height", height), ("width", width)):
+            if not isinstance(side, (int, np.integer)) or side % GRID_FACTOR:
+                raise ValueError(f"{name}={side} is not a multiple of {GRID_FACTOR}; round it to e.g. "
+                                 f"{max(GRID_FACTOR, int(side) // GRID_FACTOR * GRID_FACTOR)}")
+            if not self.min_side <= side <= self.max_side:
+                raise ValueError(f"{name}={side} is outside the supported range {self.min_side}-{self.max_side} px")
+
+
+@dataclasses.dataclass
+class PipelineOutput:
+    images: list[Image.Image]
+    pixels: np.ndarray            # (B, H, W, 3) float32 in [0, 1], before uint8 rounding
+    prior: PriorTokens | None     # None when prior_token_ids were given
+
+
+class GlmImagePipeline:
+    """Loads a model folder (official Hugging Face layout or our converted one) and generates images."""
+
+    def __init__(self, folder: Path, dtype: ms.Type = ms.float32, limits: SizeLimits = SizeLimits(),
+                 prior_cfg: PriorGenerationConfig = PriorGenerationConfig()):
+        self.folder = folder
+        missing = [p for p in ("model_index.json", *REQUIRED_PARTS) if not (folder / p).exists()]
+        if missing:
+            raise FileNotFoundError(f"{folder} is not a complete GLM-Image model folder: missing {missing}; pass the "
+                                    "folder that holds model_index.json and its subfolders (mindglm-image make-tiny "
+                                    "writes a small one)")
+        self.limits = limits
+        self.vision_language_encoder = load_component(COMPONENTS["vision_language_encoder"], folder / "vision_language_encoder", dtype)
+        self.text_encoder = load_component(COMPONENTS["text_encoder"], folder / "text_encoder", dtype)
+        self.transformer = load_component(COMPONENTS["transformer"], folder / "transformer", dtype)
+        self.vae = load_component(COMPONENTS["vae"], folder / "vae", dtype)
+        self.scheduler = FlowMatchEulerScheduler.from_folder(folder / "scheduler")
+        self.image_config = GlmImageImageProcessorConfig.from_pretrained(folder / "processor")
+        self.prompts = PromptProcessor.from_folder(folder / "processor", merge_size=self.image_config.merge_size)
+        self.glyph = GlyphEncoder(self.text_encoder, ByT5Tokenizer.from_pretrained(folder / "tokenizer"))
+        self.generator = PriorGenerator(self.vision_language_encoder, prior_cfg)
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, **kwargs) -> "GlmImagePipeline":
+        return cls(Path(folder), **kwargs)
+
+    def sampling_config(self, **overrides) -> SamplingConfig:
+        return SamplingConfig.from_generation_config(
+            self.folder / "vision_language_encoder" / "generation_config.json", **overrides)
+
+    def _reference_images(self, image, batch: int) -> list[list[Image.Image]] | None:
+        """Normalise ``image`` to one list of RGB images per prompt (the reference's accepted forms)."""
+        if image is None:
+            return None
+        if not isinstance(image, (list, tuple)):
+            image = [image]
+        if not image:
+            return None
+        if isinstance(image[0], (list, tuple)):
+            rows = [list(r) for r in image]
+        elif batch == 1:
+            rows = [list(image)]
+        else:
+            raise ValueError("with several prompts, give one list of reference images per prompt")
+        if len(rows) != batch:
+            raise ValueError(f"{len(rows)} reference-image lists for {batch} prompts: give one list per prompt")
+        if len({len(r) for r in rows}) != 1:
+            raise ValueError("every prompt of a batch needs the same number of reference images")
+        return [[load_image(i).convert("RGB") for i in row] for row in rows]
+
+    def encode_references(self, images: list[list[Image.Image]]) -> tuple[np.ndarray, list, list]:
+        """VQ ids of all reference images (prompt order), their AR grids per prompt, and per image the
+        ids upsampled to the DiT's patch grid (for the KV-cache writes)."""
+        processed = preprocess_images([img for row in images for img in row], self.image_config)
+        ids = encode_reference_images(self.vision_language_encoder.model.visual, self.vision_language_encoder.model.vqmodel,
+                                      processed.pixel_values, processed.image_grid_thw)
+        grids = processed.image_grid_thw.reshape(len(images), -1, 3).tolist()
+        upsampled, start = [], 0
+        for row in grids:
+            sample = []
+            for _, h, w in row:
+                sample.append(upsample_prior_tokens(ids[start:start + h * w], h, w).reshape(-1))
+                start += h * w
+            upsampled.append(sample)
+        return ids, grids, upsampled
+
+    def generate_prior(self, prompts: list[str], height: int, width: int, sampling: SamplingConfig,
+                       reference_ids: np.ndarray | None = None, grids: list | None = None) -> PriorTokens:
+        """AR step: the prior tokens of every prompt's target image."""
+        batch = self.prompts(prompts, height, width, grids)
+        pad_id = self.prompts.token_id(self.prompts.special.pad_token) if self.prompts.special.pad_token else 0
+        return self.generator(batch, TokenSampler(sampling), reference_ids, pad_id)
+
+    def __call__(self, prompt: str | list[str], image=None, height: int = 1024, width: int = 1024,
+                 num_inference_steps: int = 50, guidance_scale: float = 1.5, seed: int = 0,
+                 sampling: SamplingConfig | None = None, prior_token_ids: np.ndarray | None = None,
+                 latents: np.ndarray | None = None, progress: bool = True) -> PipelineOutput:
+        """Generate one image per prompt; ``image`` holds reference images (I2I), ``prior_token_ids`` and
+        ``latents`` replace the AR step and the seeded noise (e.g. to reproduce another run)."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts:
+            raise ValueError("no prompt given")
+        self.limits.check(height, width)
+        images = self._reference_images(image, len(prompts))
+        reference_ids, grids, upsampled = self.encode_references(images) if images is not None else (None, None, None)
+        prior = None
+        if prior_token_ids is None:
+            prior = self.generate_prior(prompts, height, width, sampling or self.sampling_config(seed=seed),
+                                        reference_ids, grids)
+            prior_token_ids = prior.prior_ids
+        glyph, negative = self.glyph.encode_prompt(prompts, guidance_scale > 1)
+        cache = self._write_kv_cache(images, upsampled) if images is not None else None
+        if latents is None:
+            shape = (len(prompts), self.transformer.config.in_channels, height // self.vae_scale_factor,
+                     width // self.vae_scale_factor)
+            latents = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+        final = denoise(self.transformer, self.scheduler, latents, np.asarray(prior_token_ids, dtype=np.int64), glyph,
+                        negative, height, width,
+                        DenoiseConfig(num_inference_steps, guidance_scale, self.vae_scale_factor, progress=progress),
+                        cache)
+        decoded = self.vae.decode(denormalize_latents(ms.Tensor(final), self.vae.config))
+        pixels = postprocess_images(decoded)
+        return PipelineOutput([Image.fromarray(p) for p in to_uint8(pixels)], pixels, prior)
+
+    def _write_kv_cache(self, images: list[list[Image.Image]], upsampled: list) -> GlmImageKVCache:
+        cache = GlmImageKVCache(self.transformer)
+        multiple = self.vae_scale_factor * self.transformer.config.patch_size
+        for row, ids_row in zip(images, upsampled):
+            for img, ids in zip(row, ids_row):
+                pixels, size = vae_input(img, multiple)
+                latent = normalize_latents(self.vae.encode_mode(pixels), self.vae.config)
+                cache.write(latent, ids[None], size)
+            cache.next_sample()
+        return cache
+
+
+def save_images(images: list[Image.Image], out: Path) -> list[Path]:
+    """Write PNGs atomically (temp name + rename): ``out`` for one image, ``out-<i>`` suffixes for several."""
+    paths = [out] if len(images) == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(len(images))]
+    for img, path in zip(images, paths):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.partial")
+        img.save(tmp, format="PNG")
+        tmp.replace(path)
+    return paths
