@@ -1,5 +1,4 @@
-"""``mindglm-image`` command line: convert and verify checkpoints, make a tiny test model (generation commands
-join as they land)."""
+"""``mindglm-image`` command line: generate images, convert and verify checkpoints, make a tiny test model."""
 from __future__ import annotations
 
 import argparse
@@ -41,9 +40,45 @@ def _make_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .generation.sampling import SamplingConfig
+    from .pipeline.glm_image_pipeline import GlmImagePipeline, save_images
+    from .runtime import default_compute_dtype, setup_runtime
+
+    device = setup_runtime(args.device)
+    pipe = GlmImagePipeline.from_pretrained(args.model, dtype=default_compute_dtype(device))
+    sampling = pipe.sampling_config(seed=args.seed, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
+    if args.greedy:
+        sampling = SamplingConfig(do_sample=False, seed=args.seed)
+    out = pipe(args.prompt, image=args.image or None, height=args.height, width=args.width,
+               num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed, sampling=sampling)
+    for path in save_images(out.images, Path(args.out)):
+        print(f"wrote {path}")
+    print(out.timings.summary())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mindglm-image", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("generate", help="text-to-image, or image-to-image with --image")
+    p.add_argument("--model", required=True, help="model folder (official Hugging Face layout or converted)")
+    p.add_argument("--prompt", required=True, action="append", help="prompt; repeat for a batch")
+    p.add_argument("--image", action="append", default=[], help="reference image (repeat for several)")
+    p.add_argument("--height", type=int, default=1024, help="pixels, a multiple of 32")
+    p.add_argument("--width", type=int, default=1024, help="pixels, a multiple of 32")
+    p.add_argument("--steps", type=int, default=50, help="denoising steps")
+    p.add_argument("--guidance", type=float, default=1.5, help="classifier-free guidance scale")
+    p.add_argument("--seed", type=int, default=0, help="seed of the AR sampling and the initial noise")
+    p.add_argument("--temperature", type=float, default=None, help="default: the checkpoint's generation_config")
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--greedy", action="store_true", help="greedy AR decoding instead of sampling")
+    p.add_argument("--device", default=None, help="CPU or Ascend (default: $MINDGLM_DEVICE or CPU)")
+    p.add_argument("--out", default="out.png", help="PNG path (several prompts: out-0.png, out-1.png, ...)")
+    p.set_defaults(func=_generate)
     p = sub.add_parser("convert", help="convert a whole model folder between Hugging Face and MindSpore layouts")
     p.add_argument("--from", dest="src_format", choices=("hf", "ms"), required=True, help="layout of --src")
     p.add_argument("--src", required=True, help="model folder holding model_index.json")

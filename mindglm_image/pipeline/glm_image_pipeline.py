@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import mindspore as ms
@@ -50,10 +51,27 @@ class SizeLimits:
 
 
 @dataclasses.dataclass
+class Timings:
+    """Wall seconds of each stage of one call (first calls include graph compilation)."""
+
+    ar_seconds: float = 0.0
+    ar_tokens: int = 0            # generated tokens per sample
+    denoise_seconds: float = 0.0
+    steps: int = 0
+    decode_seconds: float = 0.0
+
+    def summary(self) -> str:
+        ar = f"AR {self.ar_tokens} tokens in {self.ar_seconds:.2f} s ({self.ar_tokens / max(self.ar_seconds, 1e-9):.1f} tok/s)"
+        return (f"{ar}; denoise {self.steps} steps in {self.denoise_seconds:.2f} s "
+                f"({self.denoise_seconds / max(self.steps, 1):.3f} s/step); VAE decode {self.decode_seconds:.2f} s")
+
+
+@dataclasses.dataclass
 class PipelineOutput:
     images: list[Image.Image]
     pixels: np.ndarray            # (B, H, W, 3) float32 in [0, 1], before uint8 rounding
     prior: PriorTokens | None     # None when prior_token_ids were given
+    timings: Timings
 
 
 class GlmImagePipeline:
@@ -142,10 +160,12 @@ class GlmImagePipeline:
         self.limits.check(height, width)
         images = self._reference_images(image, len(prompts))
         reference_ids, grids, upsampled = self.encode_references(images) if images is not None else (None, None, None)
-        prior = None
+        prior, timings = None, Timings(steps=num_inference_steps)
         if prior_token_ids is None:
+            start = time.perf_counter()
             prior = self.generate_prior(prompts, height, width, sampling or self.sampling_config(seed=seed),
                                         reference_ids, grids)
+            timings.ar_seconds, timings.ar_tokens = time.perf_counter() - start, prior.generated.shape[1]
             prior_token_ids = prior.prior_ids
         glyph, negative = self.glyph.encode_prompt(prompts, guidance_scale > 1)
         cache = self._write_kv_cache(images, upsampled) if images is not None else None
@@ -153,13 +173,16 @@ class GlmImagePipeline:
             shape = (len(prompts), self.transformer.config.in_channels, height // self.vae_scale_factor,
                      width // self.vae_scale_factor)
             latents = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+        start = time.perf_counter()
         final = denoise(self.transformer, self.scheduler, latents, np.asarray(prior_token_ids, dtype=np.int64), glyph,
                         negative, height, width,
                         DenoiseConfig(num_inference_steps, guidance_scale, self.vae_scale_factor, progress=progress),
                         cache)
-        decoded = self.vae.decode(denormalize_latents(ms.Tensor(final), self.vae.config))
-        pixels = postprocess_images(decoded)
-        return PipelineOutput([Image.fromarray(p) for p in to_uint8(pixels)], pixels, prior)
+        timings.denoise_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        pixels = postprocess_images(self.vae.decode(denormalize_latents(ms.Tensor(final), self.vae.config)))
+        timings.decode_seconds = time.perf_counter() - start
+        return PipelineOutput([Image.fromarray(p) for p in to_uint8(pixels)], pixels, prior, timings)
 
     def _write_kv_cache(self, images: list[list[Image.Image]], upsampled: list) -> GlmImageKVCache:
         cache = GlmImageKVCache(self.transformer)
