@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mindglm_image.generation.prior import PriorGenerationConfig
 from mindglm_image.generation.sampling import SamplingConfig
 from mindglm_image.pipeline.glm_image_pipeline import GlmImagePipeline
 from mindglm_image.tiny_model import make_tiny_model
@@ -34,12 +33,12 @@ def ref(reference_run, tiny):
 
 @pytest.fixture(scope="module")
 def pipe(tiny):
-    return GlmImagePipeline.from_pretrained(tiny, prior_cfg=PriorGenerationConfig(progress=False))
+    return GlmImagePipeline.from_pretrained(tiny)
 
 
 def test_t2i_greedy_prior_tokens_equal_reference(pipe, ref):
     _, data, meta = ref
-    prior = pipe.generate_prior([meta["prompt"]], meta["height"], meta["width"], GREEDY)
+    prior = pipe.generate_prior([meta["prompt"]], meta["height"], meta["width"], GREEDY, progress=False)
     np.testing.assert_array_equal(prior.prior_ids, data["t2i_prior"])
 
 
@@ -58,7 +57,7 @@ def test_i2i_greedy_tokens_and_image_match_reference(pipe, ref, parity_report, n
     ids, grids, upsampled = pipe.encode_references([refs])
     np.testing.assert_array_equal(np.concatenate(upsampled[0]), data[f"{name}_ref_ids"])
     assert grids[0] == [g for g in meta[name]["grid"][:-1]]
-    prior = pipe.generate_prior([meta["prompt"]], meta["height"], meta["width"], GREEDY, ids, grids)
+    prior = pipe.generate_prior([meta["prompt"]], meta["height"], meta["width"], GREEDY, ids, grids, progress=False)
     np.testing.assert_array_equal(prior.generated[0], data[f"{name}_generated"])
     np.testing.assert_array_equal(prior.prior_ids, data[f"{name}_prior"])
     out = pipe(meta["prompt"], image=refs, height=meta["height"], width=meta["width"], num_inference_steps=meta["steps"],

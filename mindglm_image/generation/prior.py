@@ -25,7 +25,6 @@ from .sampling import TokenSampler
 class PriorGenerationConfig:
     prompt_bucket: int = 64   # prompts are left-padded to a multiple of this (0: no padding)
     cache_bucket: int = 256   # cache length rounded up to a multiple of this, so sessions are reused
-    progress: bool = True
 
 
 @dataclasses.dataclass
@@ -63,7 +62,7 @@ class PriorGenerator:
         return ids, mask
 
     def __call__(self, batch: PromptBatch, sampler: TokenSampler, reference_ids: np.ndarray | None = None,
-                 pad_id: int = 0) -> PriorTokens:
+                 pad_id: int = 0, progress: bool = True) -> PriorTokens:
         """Generate the target grid(s) of every prompt in ``batch``.
 
         ``reference_ids`` are the VQ ids of all reference images in prompt order (I2I), written over the
@@ -89,7 +88,7 @@ class PriorGenerator:
         generated = np.zeros((len(ids), new_tokens), dtype=np.int64)
         eos = config.image_end_token_id
         finished = np.zeros(len(ids), dtype=bool)
-        for k in tqdm(range(new_tokens), desc="AR tokens", disable=not self.cfg.progress):
+        for k in tqdm(range(new_tokens), desc="AR tokens", disable=not progress):
             token = sampler(logits.asnumpy().astype(np.float32))
             token = np.where(finished, eos, token)   # a finished sample keeps emitting its end marker
             generated[:, k] = token

@@ -142,11 +142,12 @@ class GlmImagePipeline:
         return ids, grids, upsampled
 
     def generate_prior(self, prompts: list[str], height: int, width: int, sampling: SamplingConfig,
-                       reference_ids: np.ndarray | None = None, grids: list | None = None) -> PriorTokens:
+                       reference_ids: np.ndarray | None = None, grids: list | None = None,
+                       progress: bool = True) -> PriorTokens:
         """AR step: the prior tokens of every prompt's target image."""
         batch = self.prompts(prompts, height, width, grids)
         pad_id = self.prompts.token_id(self.prompts.special.pad_token) if self.prompts.special.pad_token else 0
-        return self.generator(batch, TokenSampler(sampling), reference_ids, pad_id)
+        return self.generator(batch, TokenSampler(sampling), reference_ids, pad_id, progress)
 
     def __call__(self, prompt: str | list[str], image=None, height: int = 1024, width: int = 1024,
                  num_inference_steps: int = 50, guidance_scale: float = 1.5, seed: int = 0,
@@ -164,7 +165,7 @@ class GlmImagePipeline:
         if prior_token_ids is None:
             start = time.perf_counter()
             prior = self.generate_prior(prompts, height, width, sampling or self.sampling_config(seed=seed),
-                                        reference_ids, grids)
+                                        reference_ids, grids, progress)
             timings.ar_seconds, timings.ar_tokens = time.perf_counter() - start, prior.generated.shape[1]
             prior_token_ids = prior.prior_ids
         glyph, negative = self.glyph.encode_prompt(prompts, guidance_scale > 1)
