@@ -56,3 +56,11 @@ def test_bad_arguments_fail_with_a_named_problem(tiny, tmp_path, capsys, args, m
 def test_missing_model_folder(tmp_path, capsys):
     assert _generate(tmp_path / "nope", tmp_path / "x.png") == 2
     assert "not a complete GLM-Image model folder" in capsys.readouterr().err
+
+
+def test_converted_layout_generates_the_same_image(tiny, tmp_path):
+    assert main(["convert", "--from", "hf", "--src", str(tiny), "--dst", str(tmp_path / "ms")]) == 0
+    assert not list((tmp_path / "ms" / "transformer").glob("diffusion_pytorch_model*"))  # only our weights there
+    assert _generate(tiny, tmp_path / "hf.png", "--seed", "5") == 0
+    assert _generate(tmp_path / "ms", tmp_path / "ms.png", "--seed", "5") == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "hf.png")), np.asarray(Image.open(tmp_path / "ms.png")))
