@@ -35,15 +35,24 @@ def glyph_token_batch(tokenizer: ByT5Tokenizer, spans: list[str], max_length: in
 class GlyphEncoder:
     """Host-side driver: tokenises, runs the T5 cell once per prompt, gathers and pads the states."""
 
-    def __init__(self, text_encoder: T5EncoderModel, tokenizer: ByT5Tokenizer, max_sequence_length: int = 2048):
+    def __init__(self, text_encoder: T5EncoderModel, tokenizer: ByT5Tokenizer, max_sequence_length: int = 2048,
+                 length_bucket: int = 32):
         if max_sequence_length < 1:
             raise ValueError(f"max_sequence_length={max_sequence_length} must be at least 1")
         self.text_encoder = text_encoder
         self.tokenizer = tokenizer
         self.max_sequence_length = max_sequence_length
+        self.length_bucket = length_bucket
 
     def _encode_spans(self, spans: list[str]) -> ms.Tensor:
         input_ids, mask = glyph_token_batch(self.tokenizer, spans, self.max_sequence_length)
+        # pad spans to a multiple of length_bucket tokens and their count to a power of two with fully
+        # masked entries, so prompts of similar length share one compiled graph (masked keys add exact zeros)
+        n, length = input_ids.shape
+        rows = 1 << (n - 1).bit_length()
+        cols = -(-length // self.length_bucket) * self.length_bucket if self.length_bucket else length
+        input_ids = np.pad(input_ids, ((0, rows - n), (0, cols - length)), constant_values=self.tokenizer.pad_token_id)
+        mask = np.pad(mask, ((0, rows - n), (0, cols - length)))
         n, length = input_ids.shape
         states = self.text_encoder(ms.Tensor(input_ids), ms.Tensor(mask), self.text_encoder.position_bucket_for(length))
         keep = np.flatnonzero(mask.reshape(-1)).astype(np.int32)
