@@ -42,6 +42,12 @@ def test_t2i_greedy_prior_tokens_equal_reference(pipe, ref):
     np.testing.assert_array_equal(prior.prior_ids, data["t2i_prior"])
 
 
+def test_batch_of_prompts_greedy_tokens_equal_reference(pipe, ref):
+    _, data, meta = ref
+    prior = pipe.generate_prior([meta["prompt"], "a blue bird"], meta["height"], meta["width"], GREEDY, progress=False)
+    np.testing.assert_array_equal(prior.prior_ids, data["batch_prior"])
+
+
 def test_t2i_image_matches_reference(pipe, ref, parity_report):
     _, data, meta = ref
     out = pipe(meta["prompt"], height=meta["height"], width=meta["width"], num_inference_steps=meta["steps"],

@@ -49,6 +49,11 @@ image = pipe(prompt=PROMPT, height=HEIGHT, width=WIDTH, num_inference_steps=STEP
              latents=latents.clone(), prior_token_ids=prior, output_type="np").images
 arrays["t2i_pixels"] = torch.from_numpy(np.asarray(image))
 
+# a batch of two prompts of different lengths (left padding)
+batch_prior, _, _ = pipe.generate_prior_tokens(prompt=[PROMPT, "a blue bird"], height=HEIGHT, width=WIDTH, image=None,
+                                               device=torch.device("cpu"))
+arrays["batch_prior"] = batch_prior
+
 # image-to-image: transformers' generate on the processor's inputs (diffusers' own I2I AR helper
 # concatenates per-image features before quantising, which fails), ids per reference image as the model does
 for name, sizes in (("i2i1", [(96, 64)]), ("i2i2", [(96, 64), (64, 64)])):
