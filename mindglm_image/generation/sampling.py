@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -43,11 +44,16 @@ class SamplingConfig:
 
 
 class TokenSampler:
-    """Chooses the next token of every sample in a batch."""
+    """Chooses the next token of every sample in a batch.
 
-    def __init__(self, config: SamplingConfig):
+    With ``row_seeds`` each sample draws from its own generator, so a prompt's tokens depend on its seed
+    only, not on which batch it was grouped into (batch jobs stay reproducible when resharded).
+    """
+
+    def __init__(self, config: SamplingConfig, row_seeds: Sequence[int] | None = None):
         self.config = config
         self.rng = np.random.default_rng(config.seed)
+        self.row_rngs = None if row_seeds is None else [np.random.default_rng(s) for s in row_seeds]
 
     def filtered_logits(self, logits: np.ndarray) -> np.ndarray:
         """Logits after temperature, top-k and top-p; removed tokens are -inf."""
@@ -75,7 +81,12 @@ class TokenSampler:
             return np.argmax(logits, axis=-1).astype(np.int64)
         probs = _softmax(self.filtered_logits(logits)).astype(np.float64)
         probs /= probs.sum(axis=-1, keepdims=True)
-        u = self.rng.random(probs.shape[0])[:, None]
+        if self.row_rngs is not None:
+            if len(self.row_rngs) != probs.shape[0]:
+                raise ValueError(f"{len(self.row_rngs)} row seeds for a batch of {probs.shape[0]}")
+            u = np.array([[rng.random()] for rng in self.row_rngs])
+        else:
+            u = self.rng.random(probs.shape[0])[:, None]
         picked = (np.cumsum(probs, axis=-1) < u).sum(axis=-1)
         return np.minimum(picked, probs.shape[-1] - 1).astype(np.int64)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import mindspore as ms
@@ -143,29 +144,34 @@ class GlmImagePipeline:
 
     def generate_prior(self, prompts: list[str], height: int, width: int, sampling: SamplingConfig,
                        reference_ids: np.ndarray | None = None, grids: list | None = None,
-                       progress: bool = True) -> PriorTokens:
-        """AR step: the prior tokens of every prompt's target image."""
+                       progress: bool = True, row_seeds: Sequence[int] | None = None) -> PriorTokens:
+        """AR step: the prior tokens of every prompt's target image (``row_seeds``: one seed per prompt)."""
         batch = self.prompts(prompts, height, width, grids)
         pad_id = self.prompts.token_id(self.prompts.special.pad_token) if self.prompts.special.pad_token else 0
-        return self.generator(batch, TokenSampler(sampling), reference_ids, pad_id, progress)
+        return self.generator(batch, TokenSampler(sampling, row_seeds), reference_ids, pad_id, progress)
 
     def __call__(self, prompt: str | list[str], image=None, height: int = 1024, width: int = 1024,
-                 num_inference_steps: int = 50, guidance_scale: float = 1.5, seed: int = 0,
+                 num_inference_steps: int = 50, guidance_scale: float = 1.5, seed: int | Sequence[int] = 0,
                  sampling: SamplingConfig | None = None, prior_token_ids: np.ndarray | None = None,
                  latents: np.ndarray | None = None, progress: bool = True) -> PipelineOutput:
         """Generate one image per prompt; ``image`` holds reference images (I2I), ``prior_token_ids`` and
-        ``latents`` replace the AR step and the seeded noise (e.g. to reproduce another run)."""
+        ``latents`` replace the AR step and the seeded noise (e.g. to reproduce another run). ``seed`` may
+        be one seed per prompt: each image then depends on its own seed only, whatever the batch."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise ValueError("no prompt given")
+        row_seeds = None if isinstance(seed, (int, np.integer)) else [int(s) for s in seed]
+        if row_seeds is not None and len(row_seeds) != len(prompts):
+            raise ValueError(f"{len(row_seeds)} seeds for {len(prompts)} prompts: give one seed, or one per prompt")
         self.limits.check(height, width)
         images = self._reference_images(image, len(prompts))
         reference_ids, grids, upsampled = self.encode_references(images) if images is not None else (None, None, None)
         prior, timings = None, Timings(steps=num_inference_steps)
         if prior_token_ids is None:
             start = time.perf_counter()
-            prior = self.generate_prior(prompts, height, width, sampling or self.sampling_config(seed=seed),
-                                        reference_ids, grids, progress)
+            prior = self.generate_prior(prompts, height, width,
+                                        sampling or self.sampling_config(seed=row_seeds[0] if row_seeds else seed),
+                                        reference_ids, grids, progress, row_seeds)
             timings.ar_seconds, timings.ar_tokens = time.perf_counter() - start, prior.generated.shape[1]
             prior_token_ids = prior.prior_ids
         glyph, negative = self.glyph.encode_prompt(prompts, guidance_scale > 1)
@@ -173,7 +179,8 @@ class GlmImagePipeline:
         if latents is None:
             shape = (len(prompts), self.transformer.config.in_channels, height // self.vae_scale_factor,
                      width // self.vae_scale_factor)
-            latents = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+            latents = (np.random.default_rng(seed).standard_normal(shape, dtype=np.float32) if row_seeds is None else
+                       np.stack([np.random.default_rng(s).standard_normal(shape[1:], dtype=np.float32) for s in row_seeds]))
         start = time.perf_counter()
         final = denoise(self.transformer, self.scheduler, latents, np.asarray(prior_token_ids, dtype=np.int64), glyph,
                         negative, height, width,

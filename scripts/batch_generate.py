@@ -1,0 +1,45 @@
+"""msrun entry point: batch generation over a prompts file on every worker (resumable, sharded by rank).
+
+    # one process (CPU or one NPU)
+    python scripts/batch_generate.py --config configs/jobs/batch_tiny.json
+    # 8 NPUs of one Atlas 800T A2 (each worker takes every 8th prompt; rerun to resume)
+    msrun --worker_num=8 --local_worker_num=8 --master_port=8118 --log_dir=logs --join=True \\
+        scripts/batch_generate.py --config configs/jobs/batch.json --model /data/GLM-Image --prompts prompts.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+from pathlib import Path
+
+from mindglm_image.jobs.batch_generate import BatchJobConfig, distributed_rank, run_batch
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="job config JSON (fields of BatchJobConfig)")
+    hints = typing.get_type_hints(BatchJobConfig)
+    for field in dataclasses.fields(BatchJobConfig):
+        if field.name != "extra":
+            kind = next(t for t in (int, float, str) if t is hints[field.name] or t in typing.get_args(hints[field.name]))
+            parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=kind, default=None)
+    args = parser.parse_args(argv)
+    base = json.loads(Path(args.config).read_text(encoding="utf-8")) if args.config else {}
+    overrides = {k: v for k, v in vars(args).items() if k != "config" and v is not None}
+    cfg = BatchJobConfig.from_dict({**base, **overrides})
+
+    from mindglm_image.pipeline.glm_image_pipeline import GlmImagePipeline
+    from mindglm_image.runtime import default_compute_dtype, setup_runtime
+
+    device = setup_runtime(cfg.device)  # msrun gives each worker its device; init() follows set_device
+    rank, world = distributed_rank()
+    pipe = GlmImagePipeline.from_pretrained(cfg.model, dtype=default_compute_dtype(device))
+    print(json.dumps(run_batch(cfg, pipe, rank, world)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
