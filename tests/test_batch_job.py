@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -87,7 +88,10 @@ def test_msrun_two_cpu_workers(tiny, tmp_path):
     assert msrun, "msrun (installed with mindspore) not found beside the Python interpreter"
     cfg = _job(tmp_path, tiny)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.run([msrun, "--worker_num=2", "--local_worker_num=2", "--master_port=8137",
+    with socket.socket() as probe:  # a free loopback port for msrun's scheduler
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.run([msrun, "--worker_num=2", "--local_worker_num=2", f"--master_port={port}",
                            f"--log_dir={tmp_path / 'logs'}", "--join=True", str(ROOT / "scripts" / "batch_generate.py"),
                            "--model", cfg.model, "--prompts", cfg.prompts, "--out-dir", cfg.out_dir,
                            "--height", "64", "--width", "64", "--steps", "2", "--base-seed", "100"],
