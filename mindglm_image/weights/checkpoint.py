@@ -71,5 +71,5 @@ class ShardedCheckpoint:
 
     def __iter__(self) -> Iterator[TensorData]:
         """Tensors shard by shard, in file order: streaming order for conversion."""
-        for shard, f in self.files.items():
+        for f in self.files.values():
             yield from f
