@@ -9,14 +9,13 @@ import mindspore as ms
 import numpy as np
 import pytest
 from mindspore import mint, nn
-from parity_utils import assert_parity
+from parity_utils import assert_parity, load_converted
 
-from ckpt_convert.convert import ConversionConfig, convert_component
 from mindglm_image.config.ar import GlmImageConfig
 from mindglm_image.models.ar.rope import MultimodalRotaryEmbedding, compute_rope_positions
 from mindglm_image.models.ar.text_model import GlmImageTextDecoderLayer, causal_key_mask
 from mindglm_image.weights.checkpoint import ShardedCheckpoint
-from mindglm_image.weights.components import COMPONENTS, load_component
+from mindglm_image.weights.components import COMPONENTS
 from mindglm_image.weights.loading import load_tensors_into_cell
 
 SPEC = COMPONENTS["vision_language_encoder"]
@@ -33,10 +32,10 @@ def ref(reference_fixture):
 @pytest.fixture(scope="module")
 def model(ref, tmp_path_factory):
     folder, _ = ref
-    ms_dir = convert_component(SPEC, folder / "vision_language_encoder", tmp_path_factory.mktemp("ar") / "vle",
-                               ConversionConfig(max_shard_bytes=64 * 1024))
-    assert len(list(ms_dir.glob("mindspore_model-*.safetensors"))) > 1
-    return load_component(SPEC, ms_dir)
+    work = tmp_path_factory.mktemp("ar")
+    model = load_converted("vision_language_encoder", folder / "vision_language_encoder", work)
+    assert len(list((work / "vision_language_encoder").glob("mindspore_model-*.safetensors"))) > 1
+    return model
 
 
 def _positions(data: dict, case: str):

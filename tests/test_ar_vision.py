@@ -6,13 +6,12 @@ import json
 import numpy as np
 import pytest
 
-from ckpt_convert.convert import ConversionConfig, convert_component
 from mindglm_image.models.ar.image_tokens import encode_reference_images
 from mindglm_image.models.ar.vision import vision_inputs
 from mindglm_image.processor.image_processing import (GlmImageImageProcessorConfig, preprocess_images,
                                                       target_size)
-from mindglm_image.weights.components import COMPONENTS, load_component
-from parity_utils import assert_parity
+from mindglm_image.weights.components import COMPONENTS
+from parity_utils import assert_parity, load_converted
 
 SPEC = COMPONENTS["vision_language_encoder"]
 
@@ -30,9 +29,7 @@ def arrays(ref):
 @pytest.fixture(scope="module")
 def cells(ref, tmp_path_factory):
     """(visual, vqmodel) of the AR model, loaded through the converter and ``load_component``."""
-    ms_dir = convert_component(SPEC, ref / "vision_language_encoder", tmp_path_factory.mktemp("ar_vision") / "vle",
-                               ConversionConfig(max_shard_bytes=64 * 1024))
-    model = load_component(SPEC, ms_dir)
+    model = load_converted("vision_language_encoder", ref / "vision_language_encoder", tmp_path_factory.mktemp("ar_vision"))
     return model.model.visual, model.model.vqmodel
 
 

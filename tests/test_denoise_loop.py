@@ -4,20 +4,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ckpt_convert.convert import convert_component
 from mindglm_image.pipeline.denoise import DenoiseConfig, denoise
 from mindglm_image.scheduler.flow_match import FlowMatchEulerScheduler
-from mindglm_image.weights.components import COMPONENTS, load_component
-from parity_utils import assert_parity
+from parity_utils import assert_parity, load_converted
 
 
 @pytest.mark.parity
 def test_cfg_loop_matches_pipeline(reference_fixture, parity_report, tmp_path):
     folder = reference_fixture("denoise_loop")
     data = np.load(folder / "loop.npz")
-    spec = COMPONENTS["transformer"]
-    convert_component(spec, folder / "transformer", tmp_path / "transformer")
-    transformer = load_component(spec, tmp_path / "transformer")
+    transformer = load_converted("transformer", folder / "transformer", tmp_path)
     scheduler = FlowMatchEulerScheduler.from_folder(folder / "scheduler")
     final = denoise(transformer, scheduler, data["latents"], data["prior_ids"], data["glyph"], data["negative"],
                     64, 96, DenoiseConfig(num_inference_steps=4, guidance_scale=1.5, progress=False))

@@ -7,14 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from ckpt_convert.convert import convert_component
 from mindglm_image.config.base import ConfigError
 from mindglm_image.config.dit import GlmImageTransformerConfig
 from mindglm_image.models.dit.kv_cache import GlmImageKVCache
 from mindglm_image.models.dit.prior_tokens import upsample_prior_tokens
 from mindglm_image.models.dit.transformer import transformer_inputs
-from mindglm_image.weights.components import COMPONENTS, load_component
-from parity_utils import assert_parity
+from mindglm_image.weights.components import COMPONENTS
+from parity_utils import assert_parity, load_converted
 
 SPEC = COMPONENTS["transformer"]
 CACHE_CASES = {"one_ref": [["ref_a"]], "two_refs": [["ref_a", "ref_b"]], "per_sample": [["ref_a"], ["ref_c"]]}
@@ -23,8 +22,7 @@ CACHE_CASES = {"one_ref": [["ref_a"]], "two_refs": [["ref_a", "ref_b"]], "per_sa
 @pytest.fixture(scope="module")
 def dit(reference_fixture, tmp_path_factory):
     ref = reference_fixture("dit")
-    ms_dir = convert_component(SPEC, ref / "transformer", tmp_path_factory.mktemp("dit") / "transformer")
-    model = load_component(SPEC, ms_dir)
+    model = load_converted("transformer", ref / "transformer", tmp_path_factory.mktemp("dit"))
     return model, dict(np.load(ref / "dit.npz")), ref
 
 

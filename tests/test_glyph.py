@@ -5,16 +5,14 @@ import json
 
 import numpy as np
 import pytest
-from parity_utils import assert_parity
+from parity_utils import assert_parity, load_converted
 
-from ckpt_convert.convert import ConversionConfig, convert_component
 from mindglm_image.config.base import ConfigError
 from mindglm_image.config.t5 import T5Config
 from mindglm_image.models.glyph.glyph_encoder import GlyphEncoder, glyph_token_batch
 from mindglm_image.models.glyph.t5_encoder import relative_position_bucket
 from mindglm_image.processor.byt5_tokenizer import ByT5Tokenizer, TokenizerError
 from mindglm_image.processor.glyph_text import extract_glyph_texts
-from mindglm_image.weights.components import COMPONENTS, load_component
 
 CASES = ("no_quotes", "one_span", "two_spans", "three_spans", "batch")
 
@@ -28,9 +26,7 @@ def ref(reference_fixture):
 @pytest.fixture(scope="module")
 def glyph(ref, tmp_path_factory):
     folder, _ = ref
-    ms_dir = convert_component(COMPONENTS["text_encoder"], folder / "text_encoder",
-                               tmp_path_factory.mktemp("glyph") / "text_encoder", ConversionConfig())
-    encoder = load_component(COMPONENTS["text_encoder"], ms_dir)
+    encoder = load_converted("text_encoder", folder / "text_encoder", tmp_path_factory.mktemp("glyph"))
     return GlyphEncoder(encoder, ByT5Tokenizer.from_pretrained(folder / "tokenizer"))
 
 

@@ -7,7 +7,6 @@ import mindspore as ms
 import numpy as np
 import pytest
 
-from ckpt_convert.convert import ConversionConfig, convert_component
 from mindglm_image.config.base import ConfigError
 from mindglm_image.config.vae import AutoencoderKLConfig
 from mindglm_image.models.vae.processing import (
@@ -17,8 +16,7 @@ from mindglm_image.models.vae.processing import (
     postprocess_images,
     to_uint8,
 )
-from mindglm_image.weights.components import COMPONENTS, load_component
-from parity_utils import assert_parity
+from parity_utils import assert_parity, load_converted
 
 TOL = 1e-5
 
@@ -26,9 +24,7 @@ TOL = 1e-5
 @pytest.fixture(scope="module")
 def vae_case(reference_fixture, tmp_path_factory):
     ref = reference_fixture("vae")
-    ms_dir = tmp_path_factory.mktemp("vae_ms") / "vae"
-    convert_component(COMPONENTS["vae"], ref / "vae", ms_dir, ConversionConfig())
-    vae = load_component(COMPONENTS["vae"], ms_dir)
+    vae = load_converted("vae", ref / "vae", tmp_path_factory.mktemp("vae_ms"))
     return vae, dict(np.load(ref / "vae.npz")), ref
 
 
