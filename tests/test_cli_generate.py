@@ -40,6 +40,9 @@ def test_i2i_with_two_reference_images_and_a_batch(tiny, tmp_path):
     assert main(["generate", "--model", str(tiny), "--prompt", "one", "--prompt", "two", "--height", "32", "--width", "32",
                  "--steps", "1", "--out", str(tmp_path / "batch.png")]) == 0
     assert (tmp_path / "batch-0.png").is_file() and (tmp_path / "batch-1.png").is_file()
+    assert _generate(tiny, tmp_path / "two.png", "--num-images", "2") == 0
+    two = [np.asarray(Image.open(tmp_path / f"two-{i}.png")) for i in range(2)]
+    assert two[0].shape == (64, 96, 3) and np.abs(two[0].astype(int) - two[1]).max() > 0
 
 
 @pytest.mark.parametrize("args, message", [

@@ -56,6 +56,15 @@ def test_t2i_image_matches_reference(pipe, ref, parity_report):
     assert_parity(parity_report, "pipeline/t2i_pixels", out.pixels, data["t2i_pixels"], tol=1e-4)
 
 
+def test_two_images_per_prompt_match_reference(pipe, ref, parity_report):
+    _, data, meta = ref
+    out = pipe(meta["prompt"], height=meta["height"], width=meta["width"], num_inference_steps=meta["steps"],
+               guidance_scale=meta["guidance"], prior_token_ids=data["t2i_prior"], latents=data["latents2"],
+               num_images_per_prompt=2, progress=False)
+    assert len(out.images) == 2 and np.abs(out.pixels[0] - out.pixels[1]).max() > 0.01
+    assert_parity(parity_report, "pipeline/t2i_two_images_pixels", out.pixels, data["t2i_two_pixels"], tol=1e-4)
+
+
 @pytest.mark.parametrize("name", ["i2i1", "i2i2"])
 def test_i2i_greedy_tokens_and_image_match_reference(pipe, ref, parity_report, name):
     folder, data, meta = ref

@@ -153,13 +153,17 @@ class GlmImagePipeline:
     def __call__(self, prompt: str | list[str], image=None, height: int = 1024, width: int = 1024,
                  num_inference_steps: int = 50, guidance_scale: float = 1.5, seed: int | Sequence[int] = 0,
                  sampling: SamplingConfig | None = None, prior_token_ids: np.ndarray | None = None,
-                 latents: np.ndarray | None = None, progress: bool = True) -> PipelineOutput:
-        """Generate one image per prompt; ``image`` holds reference images (I2I), ``prior_token_ids`` and
-        ``latents`` replace the AR step and the seeded noise (e.g. to reproduce another run). ``seed`` may
-        be one seed per prompt: each image then depends on its own seed only, whatever the batch."""
+                 latents: np.ndarray | None = None, num_images_per_prompt: int = 1,
+                 progress: bool = True) -> PipelineOutput:
+        """Generate ``num_images_per_prompt`` images per prompt (one AR prior each prompt, as the reference;
+        the images differ by their noise). ``image`` holds reference images (I2I); ``prior_token_ids``
+        (one row per prompt) and ``latents`` (one per image) replace the AR step and the seeded noise. ``seed``
+        may be one seed per prompt: its images then depend on that seed only, whatever the batch."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise ValueError("no prompt given")
+        if num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt={num_images_per_prompt} must be at least 1")
         row_seeds = None if isinstance(seed, (int, np.integer)) else [int(s) for s in seed]
         if row_seeds is not None and len(row_seeds) != len(prompts):
             raise ValueError(f"{len(row_seeds)} seeds for {len(prompts)} prompts: give one seed, or one per prompt")
@@ -174,16 +178,17 @@ class GlmImagePipeline:
                                         reference_ids, grids, progress, row_seeds)
             timings.ar_seconds, timings.ar_tokens = time.perf_counter() - start, prior.generated.shape[1]
             prior_token_ids = prior.prior_ids
-        glyph, negative = self.glyph.encode_prompt(prompts, guidance_scale > 1)
+        n = num_images_per_prompt
+        glyph, negative = self.glyph.encode_prompt(prompts, guidance_scale > 1, n)
         cache = self._write_kv_cache(images, upsampled) if images is not None else None
         if latents is None:
-            shape = (len(prompts), self.transformer.config.in_channels, height // self.vae_scale_factor,
-                     width // self.vae_scale_factor)
-            latents = (np.random.default_rng(seed).standard_normal(shape, dtype=np.float32) if row_seeds is None else
-                       np.stack([np.random.default_rng(s).standard_normal(shape[1:], dtype=np.float32) for s in row_seeds]))
+            shape = (n, self.transformer.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+            latents = (np.random.default_rng(seed).standard_normal((len(prompts) * n, *shape[1:]), dtype=np.float32)
+                       if row_seeds is None else
+                       np.concatenate([np.random.default_rng(s).standard_normal(shape, dtype=np.float32) for s in row_seeds]))
+        prior_token_ids = np.repeat(np.asarray(prior_token_ids, dtype=np.int64), n, axis=0)
         start = time.perf_counter()
-        final = denoise(self.transformer, self.scheduler, latents, np.asarray(prior_token_ids, dtype=np.int64), glyph,
-                        negative, height, width,
+        final = denoise(self.transformer, self.scheduler, latents, prior_token_ids, glyph, negative, height, width,
                         DenoiseConfig(num_inference_steps, guidance_scale, self.vae_scale_factor, progress=progress),
                         cache)
         timings.denoise_seconds = time.perf_counter() - start

@@ -49,6 +49,13 @@ image = pipe(prompt=PROMPT, height=HEIGHT, width=WIDTH, num_inference_steps=STEP
              latents=latents.clone(), prior_token_ids=prior, output_type="np").images
 arrays["t2i_pixels"] = torch.from_numpy(np.asarray(image))
 
+# two images of one prompt: one prior, two noises
+latents2 = torch.randn(2, pipe.transformer.config.in_channels, HEIGHT // 8, WIDTH // 8)
+arrays["latents2"] = latents2
+image = pipe(prompt=PROMPT, height=HEIGHT, width=WIDTH, num_inference_steps=STEPS, guidance_scale=GUIDANCE,
+             latents=latents2.clone(), prior_token_ids=prior, num_images_per_prompt=2, output_type="np").images
+arrays["t2i_two_pixels"] = torch.from_numpy(np.asarray(image))
+
 # a batch of two prompts of different lengths (left padding)
 batch_prior, _, _ = pipe.generate_prior_tokens(prompt=[PROMPT, "a blue bird"], height=HEIGHT, width=WIDTH, image=None,
                                                device=torch.device("cpu"))
