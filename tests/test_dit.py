@@ -120,3 +120,17 @@ def test_input_errors_name_the_problem(dit):
         transformer_inputs(cfg, np.zeros((2, 3, 8, 12), np.float32), a["glyph"], ids, drop, step, size, size)
     with pytest.raises(ValueError, match="encoder_hidden_states"):
         transformer_inputs(cfg, a["latents"], a["glyph"][..., :-1], ids, drop, step, size, size)
+
+
+@pytest.mark.fullsize
+def test_one_block_at_real_width(reference_fixture, parity_report, tmp_path):
+    """64 heads x 40 (hidden 2560), glyph dim 1472, 16384-code prior table; bf16 weights as in the checkpoint."""
+    ref = reference_fixture("dit_fullsize")
+    data = np.load(ref / "dit_fullsize.npz")
+    model = load_converted("transformer", ref / "transformer", tmp_path, max_shard_bytes=256 * 1024**2)
+    assert model.config.num_attention_heads * model.config.attention_head_dim == 2560
+    ids = data["ids"]
+    inputs = transformer_inputs(model.config, data["latents"], data["glyph"], ids, np.zeros(ids.shape, bool),
+                                np.array([730.0], np.float32), np.array([[192.0, 256.0]], np.float32),
+                                np.zeros((1, 2), np.float32))
+    assert_parity(parity_report, "transformer/real_width_block", model(*inputs).asnumpy(), data["output"])
