@@ -2,16 +2,23 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from mindglm_image.config.ar import GlmImageConfig
 from mindglm_image.models.ar.image_tokens import encode_reference_images
-from mindglm_image.models.ar.vision import vision_inputs
+from mindglm_image.models.ar.vision import GlmImageVisionModel, vision_inputs
+from mindglm_image.models.ar.vqvae import GlmImageVQVAE
 from mindglm_image.processor.image_processing import (GlmImageImageProcessorConfig, preprocess_images,
                                                       target_size)
+from mindglm_image.weights.checkpoint import ShardedCheckpoint
 from mindglm_image.weights.components import COMPONENTS
+from mindglm_image.weights.loading import load_tensors_into_cell
 from parity_utils import assert_parity, load_converted
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SPEC = COMPONENTS["vision_language_encoder"]
 
@@ -95,3 +102,22 @@ def test_bilinear_weights_sum_to_one_and_mask_is_per_image():
     assert inputs.pos_index.min() >= 0 and inputs.pos_index.max() < 16
     assert (inputs.attn_mask[:15, :15] == 0).all() and (inputs.attn_mask[15:, 15:] == 0).all()
     assert (inputs.attn_mask[:15, 15:] < -1e29).all()
+
+
+@pytest.mark.fullsize
+def test_real_width_vision_block_and_real_vq(reference_fixture, parity_report):
+    """One vision block at hidden 1536 / MLP 6144 and the 16384 x 2048 codebook, bf16 weights."""
+    folder = reference_fixture("ar_vision_fullsize")
+    data = np.load(folder / "vision_fullsize.npz")
+    config = GlmImageConfig.from_json_file(ROOT / "configs" / "glm_image" / "vision_language_encoder" / "config.json")
+    config.vision_config.depth = 1
+    ckpt = ShardedCheckpoint(folder)
+    visual, vqmodel = GlmImageVisionModel(config.vision_config), GlmImageVQVAE(config.vq_config)
+    for prefix, cell in (("visual.", visual), ("vqmodel.", vqmodel)):
+        tensors = (ckpt.get(n) for n in ckpt.keys() if n.startswith(prefix))
+        load_tensors_into_cell(cell, tensors, str(folder), lambda n, p=prefix: n[len(p):])
+    features = visual.encode(data["pixels"], data["grid"]).asnumpy()
+    assert_parity(parity_report, "ar_vision/real_width_features", features, data["features"])
+    ids = encode_reference_images(visual, vqmodel, data["pixels"], data["grid"])
+    assert len(np.unique(ids)) > 20
+    np.testing.assert_array_equal(ids, data["ids"])
