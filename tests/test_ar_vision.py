@@ -106,7 +106,8 @@ def test_bilinear_weights_sum_to_one_and_mask_is_per_image():
 
 @pytest.mark.fullsize
 def test_real_width_vision_block_and_real_vq(reference_fixture, parity_report):
-    """One vision block at hidden 1536 / MLP 6144 and the 16384 x 2048 codebook, bf16 weights."""
+    """One vision block at hidden 1536 / MLP 6144 and the 16384 x 2048 codebook, bf16 weights; a real
+    photograph goes through our own preprocessing, the encoder and the quantizer."""
     folder = reference_fixture("ar_vision_fullsize")
     data = np.load(folder / "vision_fullsize.npz")
     config = GlmImageConfig.from_json_file(ROOT / "configs" / "glm_image" / "vision_language_encoder" / "config.json")
@@ -116,6 +117,11 @@ def test_real_width_vision_block_and_real_vq(reference_fixture, parity_report):
     for prefix, cell in (("visual.", visual), ("vqmodel.", vqmodel)):
         tensors = (ckpt.get(n) for n in ckpt.keys() if n.startswith(prefix))
         load_tensors_into_cell(cell, tensors, str(folder), lambda n, p=prefix: n[len(p):])
+    processed = preprocess_images([folder / "grace_hopper.png"], GlmImageImageProcessorConfig.from_dict(
+        {"patch_size": 16, "temporal_patch_size": 1, "merge_size": 1, "min_pixels": 64 * 64, "max_pixels": 256 * 256}))
+    first = int(np.prod(data["grid"][0]))
+    np.testing.assert_array_equal(processed.image_grid_thw, data["grid"][:1])
+    assert_parity(parity_report, "ar_vision/real_photo_pixel_values", processed.pixel_values, data["pixels"][:first], 1e-6)
     features = visual.encode(data["pixels"], data["grid"]).asnumpy()
     assert_parity(parity_report, "ar_vision/real_width_features", features, data["features"])
     ids = encode_reference_images(visual, vqmodel, data["pixels"], data["grid"])

@@ -1,11 +1,13 @@
 """Reference fixture: the vision encoder at its real width (hidden 1536, 16 heads, MLP 6144, 128x128
 position table) with ONE block, and the real-size VQ (16384 codes x 2048), bf16-rounded random weights;
-features and VQ ids of two photo-like images."""
+features and VQ ids of a real photograph (matplotlib's sample grace_hopper.jpg) and a photo-like image."""
 # fixture-depends: tests/reference/ar_vision.py configs/glm_image/vision_language_encoder/config.json
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 from transformers import GlmImageConfig, GlmImageImageProcessorPil
 from transformers.models.glm_image.modeling_glm_image import GlmImageVisionModel, GlmImageVQVAE
@@ -31,7 +33,9 @@ with torch.no_grad():
         state.update({prefix + k: v.bfloat16().contiguous() for k, v in module.state_dict().items()})
 save_file(state, str(out / "model.safetensors"))
 processor = GlmImageImageProcessorPil(**MODEL_PROCESSOR)
-images = [photo_like(200, 330, 1), photo_like(160, 160, 2)]
+photo = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+images = [Image.open(photo).convert("RGB"), photo_like(160, 160, 2)]
+images[0].save(out / "grace_hopper.png")
 batch = processor(images=images, return_tensors="pt")
 with torch.no_grad():
     features = visual(batch["pixel_values"], grid_thw=batch["image_grid_thw"]).pooler_output
