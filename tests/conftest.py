@@ -80,7 +80,9 @@ def reference_fixture():
             tmp.mkdir(parents=True)
             _run_reference_script(name, tmp)
             (tmp / "DONE").write_text("ok\n")
-            shutil.rmtree(out, ignore_errors=True)
+            for stale in CACHE.glob(f"{name}-*"):  # fixtures of older script versions
+                if stale.is_dir() and stale.name.count("-") == name.count("-") + 1 and stale != tmp:
+                    shutil.rmtree(stale, ignore_errors=True)
             os.replace(tmp, out)
         made[name] = out
         return out
