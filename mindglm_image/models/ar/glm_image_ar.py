@@ -12,7 +12,7 @@ from mindspore import nn
 
 from ...config.ar import GlmImageConfig
 from ..layers import Linear
-from .kv_cache import DecodeSession, StaticKVCache
+from .kv_cache import DecodeSession, StaticKVCache, host_array, int32_input
 from .rope import RopePositions, compute_rope_positions
 from .text_model import GlmImageTextModel
 from .vision import GlmImageVisionModel
@@ -71,14 +71,11 @@ class GlmImageForConditionalGeneration(nn.Cell):
 
     def logits(self, input_ids, position_ids, attention_mask=None) -> ms.Tensor:
         """Host entry of the full forward: checks shapes, accepts numpy, returns logits (B, L, vision_vocab)."""
-        ids = np.asarray(input_ids.asnumpy() if isinstance(input_ids, ms.Tensor) else input_ids)
+        ids = host_array(input_ids)
         if ids.ndim != 2:
             raise ValueError(f"input_ids must have shape (batch, seq_len), got {ids.shape}")
-        pos = np.asarray(position_ids.asnumpy() if isinstance(position_ids, ms.Tensor) else position_ids)
-        if pos.shape != (3, *ids.shape):
-            raise ValueError(f"position_ids has shape {pos.shape}, expected (3, {ids.shape[0]}, {ids.shape[1]}); "
-                             "compute them with rope_positions(...).prefill")
-        mask = np.ones(ids.shape, np.int32) if attention_mask is None else np.asarray(attention_mask)
-        if mask.shape != ids.shape:
-            raise ValueError(f"attention_mask has shape {mask.shape}, expected {ids.shape}")
-        return self(ms.Tensor(ids.astype(np.int32)), ms.Tensor(pos.astype(np.int32)), ms.Tensor(mask.astype(np.int32)))
+        mask = np.ones(ids.shape, np.int32) if attention_mask is None else attention_mask
+        return self(int32_input("input_ids", ids, ids.shape),
+                    int32_input("position_ids", position_ids, (3, *ids.shape),
+                                "; compute them with rope_positions(...).prefill"),
+                    int32_input("attention_mask", mask, ids.shape))

@@ -88,10 +88,16 @@ class _CachedStep(nn.Cell):
                                         self.cache.keys, self.cache.values, self.cache.key_mask)
 
 
-def _as_int32(name: str, value, shape: tuple[int, ...]) -> Tensor:
-    array = value.asnumpy() if isinstance(value, Tensor) else np.asarray(value)
+def host_array(value) -> np.ndarray:
+    """numpy view of a host input given as a Tensor or anything array-like."""
+    return value.asnumpy() if isinstance(value, Tensor) else np.asarray(value)
+
+
+def int32_input(name: str, value, shape: tuple[int, ...], hint: str = "") -> Tensor:
+    """Checked int32 graph input: ``value`` must have ``shape`` and hold integers (or bools)."""
+    array = host_array(value)
     if array.shape != shape:
-        raise ValueError(f"{name} has shape {array.shape}, expected {shape}")
+        raise ValueError(f"{name} has shape {array.shape}, expected {shape}{hint}")
     if not np.issubdtype(array.dtype, np.integer) and array.dtype != np.bool_:
         raise ValueError(f"{name} must hold integers, got dtype {array.dtype}")
     return Tensor(array.astype(np.int32))
@@ -119,7 +125,7 @@ class DecodeSession:
 
     def _run(self, input_ids, position_ids, attention_mask, cache_position) -> Tensor:
         batch = self.cache.batch_size
-        ids = np.asarray(input_ids.asnumpy() if isinstance(input_ids, Tensor) else input_ids)
+        ids = host_array(input_ids)
         if ids.ndim != 2 or ids.shape[0] != batch:
             raise ValueError(f"input_ids has shape {ids.shape}, expected (batch={batch}, seq_len)")
         seq = ids.shape[1]
@@ -128,10 +134,10 @@ class DecodeSession:
             raise ValueError(f"writing {seq} token(s) at cache position {start} overflows the cache of max_len "
                              f"{self.cache.max_len}; allocate a session with a larger max_len")
         mask = np.ones((batch, seq), np.int32) if attention_mask is None else attention_mask
-        logits = self.graph(_as_int32("input_ids", ids, (batch, seq)),
-                            _as_int32("position_ids", position_ids, (3, batch, seq)),
+        logits = self.graph(int32_input("input_ids", ids, (batch, seq)),
+                            int32_input("position_ids", position_ids, (3, batch, seq)),
                             Tensor(np.arange(start, start + seq, dtype=np.int32)),
-                            _as_int32("attention_mask", mask, (batch, seq)))
+                            int32_input("attention_mask", mask, (batch, seq)))
         self.cache.length = max(self.cache.length, start + seq)
         return logits
 
