@@ -1,0 +1,256 @@
+"""Quality checker for demo images: classical image analysis, no learned model.
+
+From an image and the scene it should show (a ``Scene`` or a caption of our templates) it measures:
+background colour (median of the border, nearest named colour in CIELAB); each shape as a connected
+region that differs from the background: its colour (median of its eroded interior), its kind (best
+overlap with an ideal circle/square/triangle/diamond drawn in its bounding box) and its position (bins
+of its box centre, judged only along the axes the position's name claims); and whether the quoted word
+is legible (normalised cross-correlation of the text band's ink with the word rendered in the same
+font, which must beat every other word of the vocabulary). Median filtering and a two-stage threshold
+make it accept blurred, noisy, JPEG-compressed approximations of the intended picture.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from .palette import SHAPE_KINDS, TEXT_BAND, WORDS, font, nearest_colour, position_axes, position_of, srgb_to_lab
+from .synthetic import Scene, parse_caption
+
+#: CIELAB distance from the background above which a pixel may belong to a shape (half the closest pair)
+_FOREGROUND_DE = 18.0
+#: regions smaller than this fraction of the image are noise or letters, not shapes
+_MIN_SHAPE_AREA = 0.01
+#: a word is legible when its template correlates at least this well (and better than any other word)
+_MIN_TEXT_NCC = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectedShape:
+    kind: str
+    colour: str
+    cx: float  # box centre, fraction of the width
+    cy: float  # box centre, fraction of the height
+    area: float  # fraction of the image
+
+    @property
+    def bins(self) -> tuple[str, str]:
+        return position_of(self.cx, self.cy)
+
+
+@dataclasses.dataclass(frozen=True)
+class Detection:
+    background: str
+    shapes: tuple[DetectedShape, ...]  # largest first
+
+
+@dataclasses.dataclass(frozen=True)
+class Score:
+    """Per-attribute verdicts of one image against its scene (``text`` is None when no word was asked)."""
+
+    background: bool
+    colour: tuple[bool, ...]  # per shape of the scene, in its order
+    kind: tuple[bool, ...]
+    position: tuple[bool, ...]
+    count: bool  # as many shape-sized regions as the scene has shapes
+    text: bool | None
+
+    @property
+    def all_correct(self) -> bool:
+        return self.background and self.count and all(self.colour + self.kind + self.position) and self.text is not False
+
+
+def _components(mask: np.ndarray) -> np.ndarray:
+    """4-connected labels (label = smallest flat index in the region, ``mask.size`` outside): min-propagation
+    to the neighbours with pointer jumping, so it converges in a few dozen numpy passes."""
+    h, w = mask.shape
+    outside = mask.size
+    labels = np.where(mask, np.arange(mask.size).reshape(h, w), outside)
+    while True:
+        new = labels.copy()
+        np.minimum(new[1:], labels[:-1], out=new[1:])
+        np.minimum(new[:-1], labels[1:], out=new[:-1])
+        np.minimum(new[:, 1:], labels[:, :-1], out=new[:, 1:])
+        np.minimum(new[:, :-1], labels[:, 1:], out=new[:, :-1])
+        new[~mask] = outside
+        flat = new.reshape(-1)
+        inside = flat < outside
+        flat[inside] = flat[flat[inside]]  # a label is a pixel of the same region whose label is smaller
+        if np.array_equal(new, labels):
+            return labels
+        labels = new
+
+
+@lru_cache(maxsize=512)
+def _ideal(kind: str, w: int, h: int) -> np.ndarray:
+    """Boolean mask of a kind filling a ``w`` x ``h`` box (drawn 4x larger, box-reduced, halved)."""
+    s = 4
+    img = Image.new("L", (w * s, h * s), 0)
+    draw = ImageDraw.Draw(img)
+    W, H = w * s - 1, h * s - 1
+    if kind == "circle":
+        draw.ellipse((0, 0, W, H), fill=255)
+    elif kind == "square":
+        draw.rectangle((0, 0, W, H), fill=255)
+    elif kind == "triangle":
+        draw.polygon([(W / 2, 0), (W, H), (0, H)], fill=255)
+    else:
+        draw.polygon([(W / 2, 0), (W, H / 2), (W / 2, H), (0, H / 2)], fill=255)
+    return np.asarray(img.reduce(s)) >= 128
+
+
+def _kind(region: np.ndarray) -> str:
+    """The kind whose ideal mask in the region's bounding box overlaps it best (intersection over union)."""
+    ys, xs = np.nonzero(region)
+    crop = region[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    ious = [(crop & ideal).sum() / (crop | ideal).sum()
+            for ideal in (_ideal(k, crop.shape[1], crop.shape[0]) for k in SHAPE_KINDS)]
+    return SHAPE_KINDS[int(np.argmax(ious))]
+
+
+def detect(image: Image.Image, text_band: bool = False) -> Detection:
+    """Background and shapes of an image; with ``text_band`` the band where a word is written is ignored."""
+    rgb = np.asarray(image.convert("RGB").filter(ImageFilter.MedianFilter(3)), dtype=np.float64)
+    h, w, _ = rgb.shape
+    ring = max(2, min(h, w) // 64)
+    border = np.concatenate([rgb[:ring].reshape(-1, 3), rgb[-ring:].reshape(-1, 3),
+                             rgb[:, :ring].reshape(-1, 3), rgb[:, -ring:].reshape(-1, 3)])
+    bg_rgb = np.median(border, axis=0)
+    lab = srgb_to_lab(rgb)
+    bg_lab = srgb_to_lab(bg_rgb)
+    distance = np.linalg.norm(lab - bg_lab, axis=-1)
+    mask = distance > _FOREGROUND_DE
+    if text_band:
+        mask[int((TEXT_BAND[0] - 0.02) * h):] = False
+    labels = _components(mask)
+    ids, areas = np.unique(labels[mask], return_counts=True)
+    shapes = []
+    for label in ids[np.argsort(-areas)]:
+        region = labels == label
+        if region.sum() < _MIN_SHAPE_AREA * h * w:
+            break
+        # 1. colour: the interior, away from edges softened by blur or antialiasing
+        interior = np.asarray(Image.fromarray(region.astype(np.uint8) * 255).filter(ImageFilter.MinFilter(5))) > 0
+        colour_rgb = np.median(rgb[interior if interior.any() else region], axis=0)
+        # 2. outline at half the contrast of this shape, where a blurred edge really lies
+        contrast = np.linalg.norm(srgb_to_lab(colour_rgb) - bg_lab)
+        outline = region & (distance > 0.5 * contrast)
+        if not outline.any():
+            continue
+        ys, xs = np.nonzero(outline)
+        shapes.append(DetectedShape(_kind(outline), nearest_colour(colour_rgb), (xs.min() + xs.max() + 1) / 2 / w,
+                                    (ys.min() + ys.max() + 1) / 2 / h, float(region.sum()) / (h * w)))
+    return Detection(nearest_colour(bg_rgb), tuple(shapes))
+
+
+@lru_cache(maxsize=64)
+def _word_template(word: str) -> np.ndarray:
+    """The word's ink (0..1) rendered large in the generator's font, cropped to its ink box."""
+    size = 48
+    left, top, right, bottom = font(size).getbbox(word)
+    img = Image.new("L", (right - left + 8, bottom - top + 8), 0)
+    ImageDraw.Draw(img).text((4 - left, 4 - top), word, fill=255, font=font(size))
+    ink = np.asarray(img, dtype=np.float64) / 255.0
+    ys, xs = np.nonzero(ink > 0.5)
+    return ink[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+
+
+def _ncc(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    denom = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / denom) if denom > 0 else 0.0
+
+
+def read_word(image: Image.Image, candidates: Iterable[str] = WORDS) -> dict[str, float]:
+    """Correlation of the text band's ink with each candidate word's template (empty: no ink found)."""
+    gray = np.asarray(image.convert("RGB").filter(ImageFilter.MedianFilter(3)), dtype=np.float64)
+    h = gray.shape[0]
+    band = srgb_to_lab(gray[int((TEXT_BAND[0] - 0.02) * h):])[..., 0]
+    ink = np.abs(band - np.median(band))
+    ink = np.clip(ink / max(np.percentile(ink, 99.5), 25.0), 0.0, 1.0)  # 25 L: no real word is fainter
+    strong = ink > 0.35
+    rows, cols = np.nonzero(strong.sum(1) >= 2)[0], np.nonzero(strong.sum(0) >= 2)[0]
+    if len(rows) < 3 or len(cols) < 3:
+        return {}
+    crop = Image.fromarray((ink[rows.min():rows.max() + 1, cols.min():cols.max() + 1] * 255).astype(np.uint8))
+    scores = {}
+    for word in candidates:
+        template = _word_template(word)
+        resized = np.asarray(crop.resize(template.shape[::-1], Image.Resampling.BILINEAR), dtype=np.float64) / 255
+        scores[word] = _ncc(resized, template)
+    return scores
+
+
+def _shape_verdicts(want, got: DetectedShape | None) -> tuple[bool, bool, bool]:
+    if got is None:
+        return False, False, False
+    horizontal, vertical = position_axes(want.position)
+    h, v = got.bins
+    return want.colour == got.colour, want.kind == got.kind, (horizontal in (None, h)) and (vertical in (None, v))
+
+
+def score(spec: Scene | str, image: Image.Image) -> Score:
+    """Per-attribute verdicts of ``image`` against a scene (or a caption of our templates)."""
+    scene = parse_caption(spec, image.width, image.height) if isinstance(spec, str) else spec
+    found = detect(image, text_band=scene.text is not None)
+    n = len(scene.shapes)
+    candidates = list(found.shapes[:n]) + [None] * (n - len(found.shapes[:n]))
+    # pair detected regions with the scene's shapes in the order that agrees on the most attributes
+    orders = [candidates] if n == 1 else [candidates, candidates[::-1]]
+    verdicts = max(([_shape_verdicts(want, got) for want, got in zip(scene.shapes, order)] for order in orders),
+                   key=lambda v: sum(map(sum, v)))
+    text = None
+    if scene.text is not None:
+        scores = read_word(image, dict.fromkeys([*WORDS, scene.text]))
+        text = bool(scores) and max(scores, key=scores.get) == scene.text and scores[scene.text] >= _MIN_TEXT_NCC
+    colour, kind, position = (tuple(v[i] for v in verdicts) for i in range(3))
+    return Score(found.background == scene.background, colour, kind, position, len(found.shapes) == n, text)
+
+
+def report(scores: Iterable[Score]) -> dict[str, float | int | None]:
+    """Share of correct attributes over many images: per image (background, count, text, all) and per shape."""
+    scores = list(scores)
+    if not scores:
+        raise ValueError("report() needs at least one score")
+    shapes = [(c, k, p) for s in scores for c, k, p in zip(s.colour, s.kind, s.position)]
+    texts = [s.text for s in scores if s.text is not None]
+    return {
+        "images": len(scores),
+        "background": float(np.mean([s.background for s in scores])),
+        "shape_colour": float(np.mean([c for c, _, _ in shapes])),
+        "shape_kind": float(np.mean([k for _, k, _ in shapes])),
+        "shape_position": float(np.mean([p for _, _, p in shapes])),
+        "shape_count": float(np.mean([s.count for s in scores])),
+        "text_images": len(texts),
+        "text_legible": float(np.mean(texts)) if texts else None,
+        "all_correct": float(np.mean([s.all_correct for s in scores])),
+    }
+
+
+def check_records(jsonl: str | Path, images: str | Path | None = None) -> tuple[dict, list[tuple[str, Score]]]:
+    """Score the images of a demo ``.jsonl`` (our dataset or a prompts file) and report.
+
+    A record's scene is its ``spec`` (else its ``caption`` or ``prompt`` is parsed). The image is
+    ``<images>/<id>.png`` (what batch generation writes) or, without ``images``, the record's own
+    ``target``/``image`` path (relative to the ``.jsonl``).
+    """
+    jsonl = Path(jsonl)
+    scored = []
+    for line in jsonl.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        path = Path(images) / f"{record['id']}.png" if images else jsonl.parent / (record.get("target") or record["image"])
+        if not path.is_file():
+            raise FileNotFoundError(f"{jsonl}: image of {record['id']!r} not found at {path}")
+        with Image.open(path) as img:
+            img.load()
+        spec = Scene.from_dict(record["spec"]) if "spec" in record else record.get("caption") or record["prompt"]
+        scored.append((record["id"], score(spec, img)))
+    return report(s for _, s in scored), scored
