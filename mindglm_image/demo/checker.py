@@ -29,6 +29,8 @@ _FOREGROUND_DE = 18.0
 _MIN_SHAPE_AREA = 0.01
 #: a word is legible when its template correlates at least this well (and better than any other word)
 _MIN_TEXT_NCC = 0.5
+#: height (pixels) at which a word's ink and its template are compared
+_TEXT_HEIGHT = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,15 +152,19 @@ def detect(image: Image.Image, text_band: bool = False) -> Detection:
 
 
 @lru_cache(maxsize=64)
-def _word_template(word: str) -> np.ndarray:
-    """The word's ink (0..1) rendered large in the generator's font, cropped to its ink box."""
+def _word_template(word: str) -> Image.Image:
+    """The word's ink rendered large in the generator's font, cropped to its ink box."""
     size = 48
     left, top, right, bottom = font(size).getbbox(word)
     img = Image.new("L", (right - left + 8, bottom - top + 8), 0)
     ImageDraw.Draw(img).text((4 - left, 4 - top), word, fill=255, font=font(size))
-    ink = np.asarray(img, dtype=np.float64) / 255.0
-    ys, xs = np.nonzero(ink > 0.5)
-    return ink[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    return img.crop(img.point(lambda v: 255 if v > 127 else 0).getbbox())
+
+
+def _normalised(img: Image.Image, width: int) -> np.ndarray:
+    """Ink at the comparison scale, softened so that thin strokes and blurred strokes line up."""
+    small = img.resize((width, _TEXT_HEIGHT), Image.Resampling.BOX if img.height > _TEXT_HEIGHT else Image.Resampling.BILINEAR)
+    return np.asarray(small.filter(ImageFilter.GaussianBlur(1.0)), dtype=np.float64)
 
 
 def _ncc(a: np.ndarray, b: np.ndarray) -> float:
@@ -169,21 +175,24 @@ def _ncc(a: np.ndarray, b: np.ndarray) -> float:
 
 def read_word(image: Image.Image, candidates: Iterable[str] = WORDS) -> dict[str, float]:
     """Correlation of the text band's ink with each candidate word's template (empty: no ink found)."""
-    gray = np.asarray(image.convert("RGB").filter(ImageFilter.MedianFilter(3)), dtype=np.float64)
-    h = gray.shape[0]
-    band = srgb_to_lab(gray[int((TEXT_BAND[0] - 0.02) * h):])[..., 0]
-    ink = np.abs(band - np.median(band))
-    ink = np.clip(ink / max(np.percentile(ink, 99.5), 25.0), 0.0, 1.0)  # 25 L: no real word is fainter
-    strong = ink > 0.35
-    rows, cols = np.nonzero(strong.sum(1) >= 2)[0], np.nonzero(strong.sum(0) >= 2)[0]
-    if len(rows) < 3 or len(cols) < 3:
+    # no median filter here: it erases strokes two pixels wide; the comparison blur absorbs the noise
+    rgb = np.asarray(image.convert("RGB").filter(ImageFilter.GaussianBlur(0.5)), dtype=np.float64)
+    band = srgb_to_lab(rgb[int((TEXT_BAND[0] - 0.02) * rgb.shape[0]):])
+    ink = np.linalg.norm(band - np.median(band.reshape(-1, 3), axis=0), axis=-1)
+    ink = np.clip(ink / max(np.percentile(ink, 99.5), 25.0), 0.0, 1.0)  # 25 dE: no real word is fainter
+    # the word's box: around the letters, i.e. the ink regions not much smaller than the largest one
+    strong = ink > 0.5
+    labels = _components(strong)
+    ids, areas = np.unique(labels[strong], return_counts=True)
+    if len(ids) == 0 or areas.max() < 6:
         return {}
+    rows, cols = np.nonzero(np.isin(labels, ids[areas >= 0.15 * areas.max()]))
     crop = Image.fromarray((ink[rows.min():rows.max() + 1, cols.min():cols.max() + 1] * 255).astype(np.uint8))
     scores = {}
     for word in candidates:
         template = _word_template(word)
-        resized = np.asarray(crop.resize(template.shape[::-1], Image.Resampling.BILINEAR), dtype=np.float64) / 255
-        scores[word] = _ncc(resized, template)
+        width = max(4, round(_TEXT_HEIGHT * template.width / template.height))
+        scores[word] = _ncc(_normalised(crop, width), _normalised(template, width))
     return scores
 
 

@@ -271,7 +271,7 @@ def _outline(kind: str, cx: float, cy: float, r: float) -> list[tuple[float, flo
 def text_box(width: int, height: int, word: str) -> tuple[float, float, int]:
     """Centre (x, y) and font size of the word in a ``width`` x ``height`` canvas (fits 80% of the width)."""
     top, bottom = TEXT_BAND
-    size = max(8, int((bottom - top) * height * 0.8))
+    size = max(8, int((bottom - top) * height * 1.1))  # capitals fill about 80% of the band
     left, _, right, _ = font(size).getbbox(word)
     if right - left > 0.8 * width:
         size = max(8, int(size * 0.8 * width / (right - left)))
