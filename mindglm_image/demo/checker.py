@@ -260,6 +260,8 @@ def check_records(jsonl: str | Path, images: str | Path | None = None) -> tuple[
             raise FileNotFoundError(f"{jsonl}: image of {record['id']!r} not found at {path}")
         with Image.open(path) as img:
             img.load()
-        spec = Scene.from_dict(record["spec"]) if "spec" in record else record.get("caption") or record["prompt"]
+        spec = Scene.from_dict(record["spec"]) if "spec" in record else record.get("caption") or record.get("prompt")
+        if spec is None:
+            raise ValueError(f"{jsonl}: record {record['id']!r} has no 'spec', 'caption' or 'prompt' to check against")
         scored.append((record["id"], score(spec, img)))
     return report(s for _, s in scored), scored
