@@ -13,6 +13,7 @@ from PIL import Image, ImageFilter
 from mindglm_image.cli import main
 from mindglm_image.config.base import ConfigError
 from mindglm_image.demo.checker import check_records, detect, read_word, report, score
+from mindglm_image.demo import synthetic
 from mindglm_image.demo.palette import COLOURS, position_axes
 from mindglm_image.demo.synthetic import (
     DemoDataConfig, Scene, Shape, caption, demo_items, parse_caption, render, sample_edit, sample_scene, split_of,
@@ -110,7 +111,7 @@ def test_writer_produces_the_prepare_data_format(tmp_path, capsys):
         assert summary["all_correct"] == 1.0
 
 
-def test_bad_scene_and_config_values_are_named():
+def test_bad_scene_and_config_values_are_named(monkeypatch):
     with pytest.raises(ValueError, match="multiples of 32"):
         Scene(100, 128, "red", (Shape("circle", "blue", "left"),))
     with pytest.raises(ValueError, match="unknown background colour 'teal'"):
@@ -119,6 +120,11 @@ def test_bad_scene_and_config_values_are_named():
         DemoDataConfig.from_dict({"colours": ["red", "mauve", "blue"]})
     with pytest.raises(ConfigError, match="size 100x128"):
         DemoDataConfig.from_dict({"sizes": [[100, 128]]})
+    with pytest.raises(ConfigError, match="at least 4"):
+        DemoDataConfig.from_dict({"colours": ["red", "green", "blue"]})
+    monkeypatch.setattr(synthetic, "_MAX_MISSES", 300)
+    with pytest.raises(ValueError, match="300 draws in a row found no heldout scene: this config's scene space is too small"):
+        next(demo_items(DemoDataConfig(heldout_fraction=1e-12), "heldout"))
 
 
 def test_checker_accepts_degraded_renders():

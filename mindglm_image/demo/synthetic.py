@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -24,6 +25,8 @@ from tqdm import tqdm
 from ..config.base import ConfigError, HFConfig, write_json_atomic
 from .palette import COLOURS, POSITIONS, SHAPE_KINDS, SHAPE_SCALE, TEXT_BAND, WORDS, font, text_colour
 
+#: draws without an item of the wanted split after which the config is declared unable to fill it
+_MAX_MISSES = 10_000
 #: supersampling factor of the renderer (antialiased edges without a resampling filter's overshoot)
 _SUPERSAMPLE = 4
 #: caption phrases of each position (the first is used in edit instructions after 'move the X ...')
@@ -89,6 +92,8 @@ class Scene:
                                  f"positions {tuple(POSITIONS)}")
         if self.background not in COLOURS:
             raise ValueError(f"unknown background colour {self.background!r}; use one of {tuple(COLOURS)}")
+        if self.text is not None and (not self.text.strip() or '"' in self.text):
+            raise ValueError(f"text {self.text!r}: a word must be non-empty and hold no double quote")
 
     def key(self) -> str:
         """The semantic identity of the scene (what a caption says), independent of size and jitter."""
@@ -124,13 +129,14 @@ class DemoDataConfig(HFConfig):
         for w, h in self.sizes:
             if w % 32 or h % 32 or min(w, h) < 64:
                 raise ConfigError(f"size {w}x{h}: sides must be multiples of 32 and at least 64")
-        for name, known in (("colours", COLOURS), ("kinds", SHAPE_KINDS), ("words", None)):
+        for name, known in (("colours", COLOURS), ("kinds", SHAPE_KINDS)):
             values = getattr(self, name)
-            unknown = [v for v in values if known is not None and v not in known]
-            if not values or unknown:
-                raise ConfigError(f"{name}={values}: must be a non-empty subset of {list(known or WORDS)}")
-        if len(self.colours) < 3:
-            raise ConfigError("colours: at least 3 are needed (a background and two distinct shape colours)")
+            if not values or any(v not in known for v in values):
+                raise ConfigError(f"{name}={values}: must be a non-empty subset of {list(known)}")
+        if not self.words or any(not isinstance(w, str) or not w.strip() or '"' in w for w in self.words):
+            raise ConfigError(f"words={self.words}: must be non-empty strings without double quotes")
+        if len(self.colours) < 4:
+            raise ConfigError("colours: at least 4 are needed (a background, two shape colours and one to edit to)")
         if not 0.0 < self.heldout_fraction < 1.0:
             raise ConfigError(f"heldout_fraction={self.heldout_fraction} must lie strictly between 0 and 1")
 
@@ -219,16 +225,17 @@ class Edit:
 
 def sample_edit(rng: np.random.Generator, scene: Scene, cfg: DemoDataConfig) -> Edit:
     """Change one attribute: a shape's colour or kind, the background, the position (one shape) or the word."""
-    kinds = ["colour", "kind", "background"] + (["position"] if len(scene.shapes) == 1 else []) \
-        + (["text"] if scene.text and len(cfg.words) > 1 else [])
+    used = {s.colour for s in scene.shapes} | {scene.background}
+    free_colours = [c for c in cfg.colours if c not in used]
+    kinds = (["colour", "background"] if free_colours else []) + (["kind"] if len(cfg.kinds) > 1 else []) \
+        + (["position"] if len(scene.shapes) == 1 else []) + (["text"] if scene.text and len(cfg.words) > 1 else [])
     what = _choice(rng, kinds)
     index = int(rng.integers(len(scene.shapes)))
     shape = scene.shapes[index]
     unique_kind = sum(s.kind == shape.kind for s in scene.shapes) == 1
     name = shape.kind if unique_kind else shape.label
-    used = {s.colour for s in scene.shapes} | {scene.background}
     if what == "background":
-        new = _choice(rng, [c for c in cfg.colours if c not in used])
+        new = _choice(rng, free_colours)
         return Edit(_choice(rng, (f"make the background {new}", f"change the background to {new}")), scene,
                     dataclasses.replace(scene, background=new))
     if what == "text":
@@ -236,12 +243,12 @@ def sample_edit(rng: np.random.Generator, scene: Scene, cfg: DemoDataConfig) -> 
         return Edit(_choice(rng, (f'change the text to "{new}"', f'replace the word "{scene.text}" with "{new}"')),
                     scene, dataclasses.replace(scene, text=new))
     if what == "colour":
-        new = _choice(rng, [c for c in cfg.colours if c not in used])
+        new = _choice(rng, free_colours)
         changed = dataclasses.replace(shape, colour=new)
         instruction = _choice(rng, (f"make the {name} {new}", f"change the colour of the {name} to {new}",
                                     f"paint the {name} {new}"))
     elif what == "kind":
-        new = _choice(rng, [k for k in cfg.kinds if k != shape.kind] or [shape.kind])
+        new = _choice(rng, [k for k in cfg.kinds if k != shape.kind])
         changed = dataclasses.replace(shape, kind=new)
         instruction = _choice(rng, (f"turn the {name} into a {new}",
                                     f"replace the {name} with {article(shape.colour)} {shape.colour} {new}"))
@@ -302,17 +309,20 @@ def render(scene: Scene) -> Image.Image:
 
 def _stream(cfg: DemoDataConfig, stream: int, split: str, edits: bool) -> Iterator[tuple[Scene, Edit | None, int]]:
     """Scenes (and edits) of one split, in a fixed order: draw ``i`` has its own independent generator."""
-    for i in range(10**9):
+    misses = 0
+    for i in itertools.count():
         rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(stream, i)))
         scene = sample_scene(rng, cfg)
-        if split_of(scene, cfg.heldout_fraction) != split:
+        edit = sample_edit(rng, scene, cfg) if edits else None
+        if split_of(scene, cfg.heldout_fraction) != split or (edit and split_of(edit.target, cfg.heldout_fraction) != split):
+            misses += 1
+            if misses > _MAX_MISSES:
+                raise ValueError(f"{_MAX_MISSES} draws in a row found no {split} {'edit' if edits else 'scene'}: "
+                                 "this config's scene space is too small; add colours, kinds or words, or change "
+                                 "heldout_fraction")
             continue
-        if not edits:
-            yield scene, None, int(rng.integers(len(_TEMPLATES) * 2))
-            continue
-        edit = sample_edit(rng, scene, cfg)
-        if split_of(edit.target, cfg.heldout_fraction) == split:
-            yield scene, edit, 0
+        misses = 0
+        yield scene, edit, int(rng.integers(len(_TEMPLATES) * 2))
 
 
 def demo_items(cfg: DemoDataConfig, split: str, edits: bool = False) -> Iterator[tuple[str, Scene, str | Edit]]:
