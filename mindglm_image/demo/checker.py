@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .palette import SHAPE_KINDS, TEXT_BAND, WORDS, font, nearest_colour, position_axes, position_of, srgb_to_lab
-from .synthetic import Scene, parse_caption
+from .palette import (POSITIONS, SHAPE_KINDS, TEXT_BAND, WORDS, font, nearest_colour, position_matches, position_of,
+                      srgb_to_lab)
+from .synthetic import Edit, Scene, Shape, parse_caption
 
 #: CIELAB distance from the background above which a pixel may belong to a shape (half the closest pair)
 _FOREGROUND_DE = 18.0
@@ -199,12 +200,10 @@ def read_word(image: Image.Image, candidates: Iterable[str] = WORDS) -> dict[str
     return scores
 
 
-def _shape_verdicts(want, got: DetectedShape | None) -> tuple[bool, bool, bool]:
+def _shape_verdicts(want: Shape, got: DetectedShape | None) -> tuple[bool, bool, bool]:
     if got is None:
         return False, False, False
-    horizontal, vertical = position_axes(want.position)
-    h, v = got.bins
-    return want.colour == got.colour, want.kind == got.kind, (horizontal in (None, h)) and (vertical in (None, v))
+    return want.colour == got.colour, want.kind == got.kind, position_matches(want.position, got.bins)
 
 
 def score(spec: Scene | str, image: Image.Image) -> Score:
@@ -223,6 +222,19 @@ def score(spec: Scene | str, image: Image.Image) -> Score:
         text = bool(scores) and max(scores, key=scores.get) == scene.text and scores[scene.text] >= _MIN_TEXT_NCC
     colour, kind, position = (tuple(v[i] for v in verdicts) for i in range(3))
     return Score(found.background == scene.background, colour, kind, position, len(found.shapes) == n, text)
+
+
+def rejects(edit: Edit, image: Image.Image) -> bool | None:
+    """Whether ``image`` (a drawing of ``edit.target``), scored against ``edit.source``, fails on the edited
+    attribute; None when the edit leaves the source's claim true ('left' -> 'top left' is still left)."""
+    verdict = score(edit.source, image)
+    if edit.attribute in ("background", "text"):
+        return getattr(verdict, edit.attribute) is False
+    if edit.attribute == "position":
+        if position_matches(edit.source.shapes[edit.shape].position,
+                            position_of(*POSITIONS[edit.target.shapes[edit.shape].position])):
+            return None
+    return not getattr(verdict, edit.attribute)[edit.shape]
 
 
 def report(scores: Iterable[Score]) -> dict[str, float | int | None]:

@@ -60,6 +60,12 @@ def position_axes(position: str) -> tuple[str | None, str | None]:
     return horizontal, vertical
 
 
+def position_matches(position: str, bins: tuple[str, str]) -> bool:
+    """Whether a centre in these bins satisfies a position name ('top left' satisfies 'left')."""
+    horizontal, vertical = position_axes(position)
+    return horizontal in (None, bins[0]) and vertical in (None, bins[1])
+
+
 def position_of(cx: float, cy: float) -> tuple[str, str]:
     """Horizontal and vertical bin of a centre given as fractions of the canvas."""
     low, high = POSITION_BINS

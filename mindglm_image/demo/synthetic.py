@@ -221,6 +221,8 @@ class Edit:
     instruction: str
     source: Scene
     target: Scene
+    attribute: str  # 'colour', 'kind', 'position', 'background' or 'text'
+    shape: int | None = None  # index of the changed shape (shape attributes only)
 
 
 def sample_edit(rng: np.random.Generator, scene: Scene, cfg: DemoDataConfig) -> Edit:
@@ -237,11 +239,11 @@ def sample_edit(rng: np.random.Generator, scene: Scene, cfg: DemoDataConfig) -> 
     if what == "background":
         new = _choice(rng, free_colours)
         return Edit(_choice(rng, (f"make the background {new}", f"change the background to {new}")), scene,
-                    dataclasses.replace(scene, background=new))
+                    dataclasses.replace(scene, background=new), what)
     if what == "text":
         new = _choice(rng, [w for w in cfg.words if w != scene.text])
         return Edit(_choice(rng, (f'change the text to "{new}"', f'replace the word "{scene.text}" with "{new}"')),
-                    scene, dataclasses.replace(scene, text=new))
+                    scene, dataclasses.replace(scene, text=new), what)
     if what == "colour":
         new = _choice(rng, free_colours)
         changed = dataclasses.replace(shape, colour=new)
@@ -258,7 +260,7 @@ def sample_edit(rng: np.random.Generator, scene: Scene, cfg: DemoDataConfig) -> 
         corner = " corner" if " " in new else ""
         instruction = f"move the {name} to the {new}{corner}"
     shapes = scene.shapes[:index] + (changed,) + scene.shapes[index + 1:]
-    return Edit(instruction, scene, dataclasses.replace(scene, shapes=shapes))
+    return Edit(instruction, scene, dataclasses.replace(scene, shapes=shapes), what, index)
 
 
 # --- rendering -----------------------------------------------------------------------------------------
