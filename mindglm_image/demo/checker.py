@@ -66,7 +66,13 @@ class Score:
 
     @property
     def all_correct(self) -> bool:
-        return self.background and self.count and all(self.colour + self.kind + self.position) and self.text is not False
+        shapes_ok = all(self.colour + self.kind + self.position)
+        return self.background and self.count and shapes_ok and self.text is not False
+
+
+def _text_top(height: int) -> int:
+    """First row the checker treats as the word's band (a little above the band: blur spreads the ink)."""
+    return int((TEXT_BAND[0] - 0.02) * height)
 
 
 def _components(mask: np.ndarray) -> np.ndarray:
@@ -92,7 +98,7 @@ def _components(mask: np.ndarray) -> np.ndarray:
 
 @lru_cache(maxsize=512)
 def _ideal(kind: str, w: int, h: int) -> np.ndarray:
-    """Boolean mask of a kind filling a ``w`` x ``h`` box (drawn 4x larger, box-reduced, halved)."""
+    """Boolean mask of a kind filling a ``w`` x ``h`` box (drawn 4x larger, box-reduced, cut at half)."""
     s = 4
     img = Image.new("L", (w * s, h * s), 0)
     draw = ImageDraw.Draw(img)
@@ -130,7 +136,7 @@ def detect(image: Image.Image, text_band: bool = False) -> Detection:
     distance = np.linalg.norm(lab - bg_lab, axis=-1)
     mask = distance > _FOREGROUND_DE
     if text_band:
-        mask[int((TEXT_BAND[0] - 0.02) * h):] = False
+        mask[_text_top(h):] = False
     labels = _components(mask)
     ids, areas = np.unique(labels[mask], return_counts=True)
     shapes = []
@@ -167,7 +173,8 @@ def _word_template(word: str) -> Image.Image:
 
 def _normalised(img: Image.Image, width: int) -> np.ndarray:
     """Ink at the comparison scale, softened so that thin strokes and blurred strokes line up."""
-    small = img.resize((width, _TEXT_HEIGHT), Image.Resampling.BOX if img.height > _TEXT_HEIGHT else Image.Resampling.BILINEAR)
+    resample = Image.Resampling.BOX if img.height > _TEXT_HEIGHT else Image.Resampling.BILINEAR
+    small = img.resize((width, _TEXT_HEIGHT), resample)
     return np.asarray(small.filter(ImageFilter.GaussianBlur(1.0)), dtype=np.float64)
 
 
@@ -181,7 +188,7 @@ def read_word(image: Image.Image, candidates: Iterable[str] = WORDS) -> dict[str
     """Correlation of the text band's ink with each candidate word's template (empty: no ink found)."""
     # no median filter here: it erases strokes two pixels wide; the comparison blur absorbs the noise
     rgb = np.asarray(image.convert("RGB").filter(ImageFilter.GaussianBlur(0.5)), dtype=np.float64)
-    band = srgb_to_lab(rgb[int((TEXT_BAND[0] - 0.02) * rgb.shape[0]):])
+    band = srgb_to_lab(rgb[_text_top(rgb.shape[0]):])
     ink = np.linalg.norm(band - np.median(band.reshape(-1, 3), axis=0), axis=-1)
     ink = np.clip(ink / max(np.percentile(ink, 99.5), 25.0), 0.0, 1.0)  # 25 dE: no real word is fainter
     # the word's box: around the letters, i.e. the ink regions not much smaller than the largest one
@@ -265,18 +272,25 @@ def check_records(jsonl: str | Path, images: str | Path | None = None) -> tuple[
     ``target``/``image`` path (relative to the ``.jsonl``).
     """
     jsonl = Path(jsonl)
-    scored = []
-    for line in jsonl.read_text(encoding="utf-8").splitlines():
+    if not jsonl.is_file():
+        raise FileNotFoundError(f"{jsonl} not found; pass a .jsonl written by make-demo-data or a prompts file")
+    items = []  # every record is checked before any image is scored
+    for index, line in enumerate(jsonl.read_text(encoding="utf-8").splitlines()):
         if not line.strip():
             continue
         record = json.loads(line)
-        path = Path(images) / f"{record['id']}.png" if images else jsonl.parent / (record.get("target") or record["image"])
-        if not path.is_file():
-            raise FileNotFoundError(f"{jsonl}: image of {record['id']!r} not found at {path}")
-        with Image.open(path) as img:
-            img.load()
+        item_id = str(record.get("id", f"{index:06d}"))  # batch generation's default id
         spec = Scene.from_dict(record["spec"]) if "spec" in record else record.get("caption") or record.get("prompt")
-        if spec is None:
-            raise ValueError(f"{jsonl}: record {record['id']!r} has no 'spec', 'caption' or 'prompt' to check against")
-        scored.append((record["id"], score(spec, img)))
+        own = record.get("target") or record.get("image")
+        if spec is None or not (images or own):
+            raise ValueError(f"{jsonl}:{index + 1}: record {item_id!r} needs a 'spec', 'caption' or 'prompt' and, "
+                             "without --images, an 'image' or 'target' path")
+        path = Path(images) / f"{item_id}.png" if images else jsonl.parent / own
+        if not path.is_file():
+            raise FileNotFoundError(f"{jsonl}:{index + 1}: image of {item_id!r} not found at {path}")
+        items.append((item_id, spec, path))
+    scored = []
+    for item_id, spec, path in items:
+        with Image.open(path) as img:
+            scored.append((item_id, score(spec, img.convert("RGB"))))
     return report(s for _, s in scored), scored

@@ -51,7 +51,8 @@ _PAIRS: tuple[tuple[str, str], ...] = (
 _TEMPLATES: tuple[tuple[str, str], ...] = (
     ("{shapes}, on {a} {bg} background{text}", ', with the text "{word}"'),
     ("{a} {bg} background with {shapes}{text}", ' and the word "{word}" written below'),
-    ("a flat minimalist illustration: {shapes} on {a} {bg} background{text}", '. The text "{word}" is written at the bottom'),
+    ("a flat minimalist illustration: {shapes} on {a} {bg} background{text}",
+     '. The text "{word}" is written at the bottom'),
     ("{shapes} on a plain {bg} canvas{text}", ', and a caption that says "{word}"'),
     ("simple geometric poster, {bg} background, {shapes}{text}", ', the word "{word}" in large letters'),
 )
@@ -117,7 +118,8 @@ class DemoDataConfig(HFConfig):
     heldout_size: int = 50  # text-to-image held-out items (scenes never seen in training)
     edit_train_size: int = 500  # editing pairs for training
     edit_heldout_size: int = 50  # editing pairs whose source and target scenes are both held out
-    sizes: list = dataclasses.field(default_factory=lambda: [[128, 128], [256, 256], [256, 128], [128, 256]])  # [width, height] choices
+    # [width, height] choices
+    sizes: list = dataclasses.field(default_factory=lambda: [[128, 128], [256, 256], [256, 128], [128, 256]])
     colours: list = dataclasses.field(default_factory=lambda: list(COLOURS))  # colour names used
     kinds: list = dataclasses.field(default_factory=lambda: list(SHAPE_KINDS))  # shape kinds used
     words: list = dataclasses.field(default_factory=lambda: list(WORDS))  # quoted words used
@@ -316,7 +318,8 @@ def _stream(cfg: DemoDataConfig, stream: int, split: str, edits: bool) -> Iterat
         rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(stream, i)))
         scene = sample_scene(rng, cfg)
         edit = sample_edit(rng, scene, cfg) if edits else None
-        if split_of(scene, cfg.heldout_fraction) != split or (edit and split_of(edit.target, cfg.heldout_fraction) != split):
+        scenes = (scene, edit.target) if edit else (scene,)
+        if any(split_of(s, cfg.heldout_fraction) != split for s in scenes):
             misses += 1
             if misses > _MAX_MISSES:
                 raise ValueError(f"{_MAX_MISSES} draws in a row found no {split} {'edit' if edits else 'scene'}: "
@@ -335,7 +338,8 @@ def demo_items(cfg: DemoDataConfig, split: str, edits: bool = False) -> Iterator
     stream = _stream(cfg, 1 if edits else 0, split, edits)
     for n in range(size):
         scene, edit, style = next(stream)
-        yield f"{prefix}-{n:06d}", scene, edit if edit else caption(scene, style % len(_TEMPLATES), style // len(_TEMPLATES))
+        template, phrasing = style % len(_TEMPLATES), style // len(_TEMPLATES)
+        yield f"{prefix}-{n:06d}", scene, edit if edit else caption(scene, template, phrasing)
 
 
 def save_image_atomic(img: Image.Image, path: Path) -> None:
