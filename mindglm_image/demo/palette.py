@@ -100,4 +100,8 @@ def text_colour(background: str) -> str:
 
 def font(size: int) -> ImageFont.FreeTypeFont:
     """The scalable font that ships inside Pillow (>= 10.1), so every install renders the same glyphs."""
-    return ImageFont.load_default(size=size)
+    loaded = ImageFont.load_default(size=size)
+    if not isinstance(loaded, ImageFont.FreeTypeFont):  # a Pillow built without FreeType ignores the size
+        raise RuntimeError("this Pillow has no FreeType support, so its built-in font cannot be scaled; "
+                           "install a Pillow wheel from PyPI (pip install --force-reinstall 'pillow>=10.1')")
+    return loaded
