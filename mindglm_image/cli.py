@@ -48,7 +48,7 @@ def _make_demo_data(args: argparse.Namespace) -> int:
         if getattr(args, field) is not None:
             setattr(cfg, field, getattr(args, field))
     cfg.validate()
-    for name, path in write_demo_dataset(args.dir, cfg).items():
+    for name, path in write_demo_dataset(args.dir, cfg, overwrite=args.overwrite).items():
         print(f"wrote {path} ({sum(1 for _ in path.open())} items)")
     return 0
 
@@ -128,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heldout", dest="heldout_size", type=int, default=None, help="held-out text-to-image items")
     p.add_argument("--edit-train", dest="edit_train_size", type=int, default=None, help="training edit pairs")
     p.add_argument("--edit-heldout", dest="edit_heldout_size", type=int, default=None, help="held-out edit pairs")
+    p.add_argument("--overwrite", action="store_true", help="replace a folder that holds another config's dataset")
     p.set_defaults(func=_make_demo_data)
     p = sub.add_parser("check-demo", help="score demo images with the classical checker and print the report")
     p.add_argument("jsonl", help="demo .jsonl (records with spec, caption or prompt)")

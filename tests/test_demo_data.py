@@ -109,6 +109,16 @@ def test_writer_produces_the_prepare_data_format(tmp_path, capsys):
     assert [i for i, _ in per_item] == [r["id"] for r in records["heldout"]]
     assert main(["check-demo", str(prompts), "--images", str(tmp_path)]) == 2
     assert "image of 'heldout-000000' not found" in capsys.readouterr().err
+    # a rerun of the same config keeps finished images; another config needs --overwrite
+    first = out / records["train"][0]["image"]
+    first.write_bytes(b"kept")
+    cfg = DemoDataConfig(train_size=5, heldout_size=3, edit_train_size=2, edit_heldout_size=1)
+    write_demo_dataset(out, cfg, progress=False)
+    assert first.read_bytes() == b"kept"
+    with pytest.raises(ValueError, match="another config .* pass --overwrite"):
+        write_demo_dataset(out, dataclasses.replace(cfg, seed=1), progress=False)
+    write_demo_dataset(out, dataclasses.replace(cfg, seed=1), overwrite=True, progress=False)
+    assert Image.open(first).size[0] % 32 == 0 and DemoDataConfig.from_json_file(out / "demo_data.json").seed == 1
 
 
 def test_bad_scene_and_config_values_are_named(monkeypatch):

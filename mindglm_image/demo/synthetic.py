@@ -14,6 +14,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -355,16 +356,32 @@ def _write_jsonl_atomic(path: Path, records: list[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
-def write_demo_dataset(out_dir: str | os.PathLike, cfg: DemoDataConfig, progress: bool = True) -> dict[str, Path]:
+def _render_once(scene: Scene, path: Path) -> None:
+    """Render unless a previous run of the same config finished this file (items are deterministic)."""
+    if not path.exists():
+        save_image_atomic(render(scene), path)
+
+
+def write_demo_dataset(out_dir: str | os.PathLike, cfg: DemoDataConfig, overwrite: bool = False,
+                       progress: bool = True) -> dict[str, Path]:
     """Write images and the ``.jsonl`` files that ``prepare-data`` reads; returns them by name.
 
     ``train.jsonl``/``heldout.jsonl``: ``{"id", "image", "caption", "spec"}``; ``edit_train.jsonl``/
     ``edit_heldout.jsonl``: ``{"id", "images": [source], "instruction", "target", "spec"}`` where ``spec``
     is the (target) scene the checker scores against. Image paths are relative to ``out_dir``. Each image
-    and each ``.jsonl`` is written atomically; ``demo_data.json`` records the config last.
+    and each ``.jsonl`` is written atomically. ``demo_data.json`` (the config) is written first: a rerun
+    of the same config resumes (finished images are kept), one of another config is refused unless
+    ``overwrite``, which empties the folder first, so files of two configs are never mixed.
     """
     out = Path(out_dir)
+    manifest = out / "demo_data.json"
+    if manifest.exists() and json.loads(manifest.read_text(encoding="utf-8")) != cfg.to_dict():
+        if not overwrite:
+            raise ValueError(f"{out} holds a demo dataset of another config ({manifest}); "
+                             "choose a new folder or pass --overwrite to replace it")
+        shutil.rmtree(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
+    write_json_atomic(manifest, cfg.to_dict())
     total = cfg.train_size + cfg.heldout_size + 2 * (cfg.edit_train_size + cfg.edit_heldout_size)
     bar = tqdm(total=total, desc="demo data", unit="img", disable=not progress)
     files = {}
@@ -374,19 +391,18 @@ def write_demo_dataset(out_dir: str | os.PathLike, cfg: DemoDataConfig, progress
             for item_id, scene, item in demo_items(cfg, split, edits):
                 if isinstance(item, Edit):
                     src, dst = f"images/{item_id}-source.png", f"images/{item_id}-target.png"
-                    save_image_atomic(render(scene), out / src)
-                    save_image_atomic(render(item.target), out / dst)
+                    _render_once(scene, out / src)
+                    _render_once(item.target, out / dst)
                     records.append({"id": item_id, "images": [src], "instruction": item.instruction, "target": dst,
                                     "spec": item.target.to_dict()})
                     bar.update(2)
                 else:
                     path = f"images/{item_id}.png"
-                    save_image_atomic(render(scene), out / path)
+                    _render_once(scene, out / path)
                     records.append({"id": item_id, "image": path, "caption": item, "spec": scene.to_dict()})
                     bar.update(1)
             name = f"{'edit_' if edits else ''}{split}"
             files[name] = out / f"{name}.jsonl"
             _write_jsonl_atomic(files[name], records)
     bar.close()
-    write_json_atomic(out / "demo_data.json", cfg.to_dict())
     return files
