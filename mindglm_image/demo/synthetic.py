@@ -30,7 +30,7 @@ from .palette import COLOURS, POSITIONS, SHAPE_KINDS, SHAPE_SCALE, TEXT_BAND, WO
 _MAX_MISSES = 10_000
 #: supersampling factor of the renderer (antialiased edges without a resampling filter's overshoot)
 _SUPERSAMPLE = 4
-#: caption phrases of each position (the first is used in edit instructions after 'move the X ...')
+#: caption phrases of each position (a caption picks one; the parser knows them all)
 POSITION_PHRASES: dict[str, tuple[str, ...]] = {
     "left": ("on the left", "on the left side"),
     "right": ("on the right", "on the right side"),
@@ -129,9 +129,14 @@ class DemoDataConfig(HFConfig):
     heldout_fraction: float = 0.1  # share of the scene-key space reserved for the held-out split
 
     def validate(self) -> None:
-        for w, h in self.sizes:
-            if w % 32 or h % 32 or min(w, h) < 64:
-                raise ConfigError(f"size {w}x{h}: sides must be multiples of 32 and at least 64")
+        for size in self.sizes:
+            if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) for v in size)):
+                raise ConfigError(f"sizes: {size!r} is not a [width, height] pair of ints")
+            if size[0] % 32 or size[1] % 32 or min(size) < 64:
+                raise ConfigError(f"size {size[0]}x{size[1]}: sides must be multiples of 32 and at least 64")
+        for name in ("text_probability", "two_shape_probability"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name}={getattr(self, name)} must lie between 0 and 1")
         for name, known in (("colours", COLOURS), ("kinds", SHAPE_KINDS)):
             values = getattr(self, name)
             if not values or any(v not in known for v in values):
@@ -182,6 +187,7 @@ def sample_scene(rng: np.random.Generator, cfg: DemoDataConfig) -> Scene:
 
 
 def article(word: str) -> str:
+    """The indefinite article of a colour name (an orange circle)."""
     return "an" if word[0] in "aeiou" else "a"
 
 
