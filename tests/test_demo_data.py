@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from mindglm_image.cli import main
 from mindglm_image.config.base import ConfigError
@@ -165,6 +165,8 @@ def test_checker_rejects_missing_word_and_missing_shape():
     assert no_text.text is False and no_text.background and all(no_text.kind)
     other_word = score(scene, degrade(render(dataclasses.replace(scene, text="NO")), 0))
     assert other_word.text is False
+    smeared = score(scene, render(scene).filter(ImageFilter.GaussianBlur(6)))  # shapes still there, word gone
+    assert smeared.text is False and all(smeared.kind) and all(smeared.colour)
     scores = read_word(render(dataclasses.replace(scene, text="NO")))
     assert max(scores, key=scores.get) == "NO"
     one_shape = score(scene, degrade(render(dataclasses.replace(scene, shapes=scene.shapes[:1])), 0))
