@@ -14,7 +14,7 @@ setup(
         "numpy>=1.24,<2",  # MindSpore 2.10 wheels are built against numpy 1.x (bf16 helpers fail under 2.x)
         "safetensors>=0.4",
         "tokenizers>=0.20",
-        "pillow>=9",
+        "pillow>=10.1",  # ImageFont.load_default(size=...): the scalable font the demo data is written in
         "tqdm>=4.60",
         "jinja2>=3.1",  # renders the checkpoint's chat template exactly as transformers does
     ],

@@ -40,6 +40,29 @@ def _make_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def _make_demo_data(args: argparse.Namespace) -> int:
+    from .demo.synthetic import DemoDataConfig, write_demo_dataset
+
+    cfg = DemoDataConfig.from_json_file(args.config) if args.config else DemoDataConfig()
+    for field in ("seed", "train_size", "heldout_size", "edit_train_size", "edit_heldout_size"):
+        if getattr(args, field) is not None:
+            setattr(cfg, field, getattr(args, field))
+    cfg.validate()
+    for name, path in write_demo_dataset(args.dir, cfg, overwrite=args.overwrite).items():
+        print(f"wrote {path} ({sum(1 for _ in path.open())} items)")
+    return 0
+
+
+def _check_demo(args: argparse.Namespace) -> int:
+    import json
+
+    from .demo.checker import check_records
+
+    summary, _ = check_records(args.jsonl, args.images)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def _generate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -97,6 +120,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed of the weights")
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty folder")
     p.set_defaults(func=_make_tiny)
+    p = sub.add_parser("make-demo-data", help="write the synthetic shapes dataset of the demo model (.jsonl + PNGs)")
+    p.add_argument("dir", help="output folder")
+    p.add_argument("--config", default=None, help="DemoDataConfig JSON (default: the built-in one)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--train", dest="train_size", type=int, default=None, help="text-to-image training items")
+    p.add_argument("--heldout", dest="heldout_size", type=int, default=None, help="held-out text-to-image items")
+    p.add_argument("--edit-train", dest="edit_train_size", type=int, default=None, help="training edit pairs")
+    p.add_argument("--edit-heldout", dest="edit_heldout_size", type=int, default=None, help="held-out edit pairs")
+    p.add_argument("--overwrite", action="store_true", help="replace a folder that holds another config's dataset")
+    p.set_defaults(func=_make_demo_data)
+    p = sub.add_parser("check-demo", help="score demo images with the classical checker and print the report")
+    p.add_argument("jsonl", help="demo .jsonl (records with spec, caption or prompt)")
+    p.add_argument("--images", default=None, help="folder of <id>.png to score (default: the records' own images)")
+    p.set_defaults(func=_check_demo)
     return parser
 
 
