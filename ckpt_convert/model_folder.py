@@ -10,10 +10,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from mindglm_image.atomic import copy_file, copy_tree, partial_dir, replace_dir
 from mindglm_image.weights.components import COMPONENTS
 from mindglm_image.weights.safetensors_io import CheckpointError
 
-from .convert import MANIFEST, ConversionConfig, convert_component, replace_dir
+from .convert import MANIFEST, ConversionConfig, convert_component
 from .model_index import component_names, read_model_index
 from .verify import verify_component
 
@@ -23,7 +24,7 @@ def convert_model_folder(src: str | Path, dst: str | Path, cfg: ConversionConfig
     if src.resolve() == dst.resolve():
         raise CheckpointError("--src and --dst are the same folder; write the conversion to a new folder")
     index = read_model_index(src)
-    work = dst.with_name(f".{dst.name}.partial")
+    work = partial_dir(dst)
     work.mkdir(parents=True, exist_ok=True)
     for stale in work.glob(".*"):  # temporaries of a run that was killed before it could clean up
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink()
@@ -34,16 +35,13 @@ def convert_model_folder(src: str | Path, dst: str | Path, cfg: ConversionConfig
         spec = COMPONENTS.get(name)
         if spec is None:
             if not part_work.exists():
-                tmp = work / f".{name}.copy"
-                shutil.rmtree(tmp, ignore_errors=True)
-                shutil.copytree(part_src, tmp)
-                replace_dir(tmp, part_work)
+                copy_tree(part_src, part_work)
             continue
         if (part_work / MANIFEST).is_file() and not verify_component(part_work):
             continue  # finished by an earlier run and intact
         convert_component(spec, part_src, part_work, cfg)
     for item in src.iterdir():
         if item.is_file() and not item.name.startswith("."):
-            shutil.copy2(item, work / item.name)
+            copy_file(item, work / item.name)
     replace_dir(work, dst)
     return dst

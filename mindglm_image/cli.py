@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -41,10 +42,9 @@ def _make_tiny(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .generation.sampling import SamplingConfig
-    from .pipeline.glm_image_pipeline import GlmImagePipeline, save_images
+    from .atomic import save_image_atomic
+    from .pipeline.glm_image_pipeline import GlmImagePipeline
     from .runtime import default_compute_dtype, setup_runtime
 
     device = setup_runtime(args.device)
@@ -55,10 +55,16 @@ def _generate(args: argparse.Namespace) -> int:
     out = pipe(args.prompt, image=args.image or None, height=args.height, width=args.width,
                num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed, sampling=sampling,
                num_images_per_prompt=args.num_images)
-    for path in save_images(out.images, Path(args.out)):
+    for path, image in zip(output_paths(Path(args.out), len(out.images)), out.images):
+        save_image_atomic(image, path)
         print(f"wrote {path}")
     print(out.timings.summary())
     return 0
+
+
+def output_paths(out: Path, count: int) -> list[Path]:
+    """``out`` for one image, ``out-<i>`` suffixes for several."""
+    return [out] if count == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(count)]
 
 
 def build_parser() -> argparse.ArgumentParser:

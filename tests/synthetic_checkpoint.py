@@ -28,7 +28,7 @@ def write_component(folder: Path, name: str, config: dict, dtype: str = "BF16", 
     (part / "config.json").write_text(json.dumps(config, indent=2))
     cell = build_cell(spec, spec.config_class().from_dict(config))
     rng = np.random.default_rng(seed)
-    tensors = [TensorData.from_array(spec.ms_to_hf(n), rng.standard_normal(p.shape).astype(np.float32), dtype)
+    tensors = [TensorData.from_array(n, rng.standard_normal(p.shape).astype(np.float32), dtype)
                for n, p in cell.parameters_dict().items()]
     groups = np.array_split(np.arange(len(tensors)), shards)
     weight_map = {}

@@ -44,7 +44,7 @@ def test_converted_weights_load_into_the_cell(tmp_path):
     cell = load_component(VAE, tmp_path / "ms" / "vae")
     params = cell.parameters_dict()
     for name, t in tensors.items():
-        np.testing.assert_array_equal(params[VAE.hf_to_ms(name)].asnumpy(), t.array())
+        np.testing.assert_array_equal(params[name].asnumpy(), t.array())
 
 
 def test_dtype_conversion_on_request(tmp_path):

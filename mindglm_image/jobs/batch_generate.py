@@ -16,7 +16,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..config.base import ConfigError, HFConfig, write_json_atomic
+from ..atomic import save_image_atomic, write_json_atomic
+from ..config.base import ConfigError, HFConfig
 
 
 @dataclasses.dataclass
@@ -95,8 +96,6 @@ def is_done(item: JobItem, out_dir: Path) -> bool:
 
 def run_batch(cfg: BatchJobConfig, pipe, rank: int = 0, world: int = 1, progress: bool = True) -> dict:
     """Generate this rank's pending items; returns counts. ``pipe`` is a loaded ``GlmImagePipeline``."""
-    from ..pipeline.glm_image_pipeline import save_images
-
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     mine = read_items(cfg.prompts, cfg.base_seed)[rank::world]
@@ -113,7 +112,7 @@ def run_batch(cfg: BatchJobConfig, pipe, rank: int = 0, world: int = 1, progress
                    width=cfg.width, num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale,
                    seed=[it.seed for it in group], progress=False)
         for item, image in zip(group, out.images):
-            save_images([image], out_dir / f"{item.id}.png")
+            save_image_atomic(image, out_dir / f"{item.id}.png")
             write_json_atomic(out_dir / f"{item.id}.json", {
                 "id": item.id, "prompt": item.prompt, "seed": item.seed, "image": list(item.images),
                 "height": cfg.height, "width": cfg.width, "steps": cfg.steps, "guidance_scale": cfg.guidance_scale,
