@@ -125,6 +125,6 @@ def convert_component(spec: ComponentSpec, src: str | Path, dst: str | Path,
         if len(shards) > 1:
             write_json_atomic(work / f"{dst_stem}.safetensors.index.json",
                               {"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map})
-        write_json_atomic(work / MANIFEST, {"component": spec.name, "direction": cfg.direction, "stem": dst_stem,
-                                            "tensors": manifest})
+        write_json_atomic(work / MANIFEST, {"component": spec.name, "direction": cfg.direction, "dtype": cfg.dtype,
+                                            "stem": dst_stem, "tensors": manifest})
     return dst

@@ -13,7 +13,7 @@ def _convert(args: argparse.Namespace) -> int:
 
     cfg = ConversionConfig(direction=f"{args.src_format}2{'ms' if args.src_format == 'hf' else 'hf'}", dtype=args.dtype,
                            max_shard_bytes=int(args.max_shard_gb * 1024**3), progress=True)
-    out = convert_model_folder(args.src, args.dst, cfg)
+    out = convert_model_folder(args.src, args.dst, cfg, overwrite=args.overwrite)
     print(f"converted {args.src} -> {out}")
     return 0
 
@@ -21,12 +21,12 @@ def _convert(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from ckpt_convert.verify import verify_model_folder
 
-    problems = verify_model_folder(args.dir, args.source)
+    problems = verify_model_folder(args.dir, args.source, args.dtype)
     for p in problems:
         print(f"FAIL {p}", file=sys.stderr)
     if problems:
         return 1
-    print(f"verified {args.dir}: every tensor matches its conversion manifest")
+    print(f"verified {args.dir}: every tensor and file matches its conversion manifest")
     return 0
 
 
@@ -68,6 +68,8 @@ def output_paths(out: Path, count: int) -> list[Path]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .weights.safetensors_io import FLOAT_TAGS
+
     parser = argparse.ArgumentParser(prog="mindglm-image", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("generate", help="text-to-image, or image-to-image with --image")
@@ -90,13 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="convert a whole model folder between Hugging Face and MindSpore layouts")
     p.add_argument("--from", dest="src_format", choices=("hf", "ms"), required=True, help="layout of --src")
     p.add_argument("--src", required=True, help="model folder holding model_index.json")
-    p.add_argument("--dst", required=True, help="output folder (written atomically)")
-    p.add_argument("--dtype", choices=("F32", "F16", "BF16"), default=None, help="cast weights (default: keep)")
+    p.add_argument("--dst", required=True, help="output folder (written atomically; must not exist or be empty)")
+    p.add_argument("--overwrite", action="store_true", help="replace --dst if it is a model folder (never another folder)")
+    p.add_argument("--dtype", choices=FLOAT_TAGS, default=None, help="cast weights (default: keep)")
     p.add_argument("--max-shard-gb", type=float, default=5.0, help="size of output shards")
     p.set_defaults(func=_convert)
     p = sub.add_parser("verify", help="check a converted folder against its checksum manifests")
     p.add_argument("dir", help="converted model folder")
     p.add_argument("--source", default=None, help="also re-hash the source folder it was converted from")
+    p.add_argument("--dtype", choices=FLOAT_TAGS, default=None, help="also require every tensor to be this dtype")
     p.set_defaults(func=_verify)
     p = sub.add_parser("make-tiny", help="write a tiny random GLM-Image model folder (official layout) for tests and demos")
     p.add_argument("dir", help="output folder (written atomically; must not exist or be empty)")

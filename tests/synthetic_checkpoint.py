@@ -41,7 +41,7 @@ def write_component(folder: Path, name: str, config: dict, dtype: str = "BF16", 
     return {t.name: t for t in tensors}
 
 
-def write_model_folder(folder: Path, dtype: str = "BF16") -> dict:
+def write_model_folder(folder: Path, dtype: str = "BF16", seed: int = 0) -> dict:
     """A model folder with model_index.json, a sharded vae/ and a scheduler/ to copy."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model_index.json").write_text(json.dumps({
@@ -49,4 +49,4 @@ def write_model_folder(folder: Path, dtype: str = "BF16") -> dict:
         "vae": ["diffusers", "AutoencoderKL"], "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"]}))
     (folder / "scheduler").mkdir(exist_ok=True)
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps({"_class_name": "FlowMatchEulerDiscreteScheduler"}))
-    return write_component(folder, "vae", TINY_VAE, dtype)
+    return write_component(folder, "vae", TINY_VAE, dtype, seed=seed)
