@@ -47,6 +47,10 @@ def _generate(args: argparse.Namespace) -> int:
     from .pipeline.glm_image_pipeline import GlmImagePipeline
     from .runtime import default_compute_dtype, setup_runtime
 
+    if args.steps < 1:
+        raise ValueError(f"--steps {args.steps}: the number of denoising steps must be at least 1")
+    paths = output_paths(Path(args.out), len(args.prompt) * args.num_images)
+    check_output_paths(paths, args.overwrite)
     device = setup_runtime(args.device)
     pipe = GlmImagePipeline.from_pretrained(args.model, dtype=default_compute_dtype(device))
     sampling = pipe.sampling_config(seed=args.seed, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
@@ -55,7 +59,7 @@ def _generate(args: argparse.Namespace) -> int:
     out = pipe(args.prompt, image=args.image or None, height=args.height, width=args.width,
                num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed, sampling=sampling,
                num_images_per_prompt=args.num_images)
-    for path, image in zip(output_paths(Path(args.out), len(out.images)), out.images):
+    for path, image in zip(paths, out.images):
         save_image_atomic(image, path)
         print(f"wrote {path}")
     print(out.timings.summary())
@@ -65,6 +69,32 @@ def _generate(args: argparse.Namespace) -> int:
 def output_paths(out: Path, count: int) -> list[Path]:
     """``out`` for one image, ``out-<i>`` suffixes for several."""
     return [out] if count == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(count)]
+
+
+def check_output_paths(paths: list[Path], overwrite: bool) -> None:
+    """Every problem of ``--out`` found before the model loads, named by the user's path."""
+    import tempfile
+
+    from .atomic import image_format
+
+    for path in paths:
+        try:
+            image_format(path)
+        except ValueError as err:
+            raise ValueError(f"--out {err}") from None
+        if path.is_dir():
+            raise ValueError(f"--out {path} is a folder; give a file name, e.g. {path / 'out.png'}")
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"--out {path} already exists; pass --overwrite to replace it, or choose another name")
+        folder = path.parent
+        while not folder.exists():  # parents that do not exist yet are created when the image is saved
+            folder = folder.parent
+        if not folder.is_dir():
+            raise ValueError(f"--out {path}: {folder} is a file, not a folder")
+        try:
+            tempfile.TemporaryFile(dir=folder).close()
+        except OSError as err:
+            raise PermissionError(f"--out {path}: cannot write in {folder} ({err.strerror})") from err
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--greedy", action="store_true", help="greedy AR decoding instead of sampling")
     p.add_argument("--device", default=None, help="CPU or Ascend (default: $MINDGLM_DEVICE or CPU)")
-    p.add_argument("--out", default="out.png", help="PNG path (several prompts: out-0.png, out-1.png, ...)")
+    p.add_argument("--out", default="out.png", help="image path, format from the extension: .png, .jpg, .webp ... "
+                   "(several images: out-0.png, out-1.png, ...)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=_generate)
     p = sub.add_parser("convert", help="convert a whole model folder between Hugging Face and MindSpore layouts")
     p.add_argument("--from", dest="src_format", choices=("hf", "ms"), required=True, help="layout of --src")
