@@ -9,13 +9,12 @@ done, and only a ``dst`` that is empty, absent, or (with ``overwrite``) itself a
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
 from pathlib import Path
 
-from mindglm_image.atomic import atomic_dir, check_destination, copy_file, copy_tree, write_json_atomic
+from mindglm_image.atomic import atomic_dir, check_destination, copy_file, copy_tree, fingerprint, write_json_atomic
 from mindglm_image.weights.components import COMPONENTS
 from mindglm_image.weights.safetensors_io import CheckpointError
 
@@ -26,19 +25,9 @@ from .verify import file_sha256, is_tensor_file, verify_component
 log = logging.getLogger(__name__)
 
 
-def source_fingerprint(src: Path) -> str:
-    """sha256 over every file's relative path, size and modification time: cheap, and it changes when the
-    source is replaced by another model or re-downloaded."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in src.rglob("*") if p.is_file()):
-        st = path.stat()
-        digest.update(f"{path.relative_to(src).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
-
-
 def conversion_record(src: Path, cfg: ConversionConfig) -> dict:
     """What a run converts; a partial folder is resumed only by a run with the same record."""
-    return {"source": str(src.resolve()), "source_fingerprint": source_fingerprint(src), "direction": cfg.direction,
+    return {"source": str(src.resolve()), "source_fingerprint": fingerprint(src), "direction": cfg.direction,
             "dtype": cfg.dtype, "max_shard_bytes": cfg.max_shard_bytes}
 
 

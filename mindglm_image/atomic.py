@@ -1,5 +1,8 @@
 """Atomic files and folders: a crash leaves the old content or the new one, never half of either.
 
+Also ``fingerprint``: a cheap identity of a file or folder, so resumable work can tell that what it
+started from was replaced.
+
 Files are written to a hidden temporary beside the target, fsynced and renamed over it; folders are built
 in ``.<name>.partial`` beside the target and swapped in when complete. Everything written here gets the
 permissions the user's umask gives a newly created file or folder (``tempfile`` would give 0600/0700,
@@ -8,6 +11,7 @@ which hides shared model folders from the other users of a machine).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -146,3 +150,15 @@ def atomic_dir(dst: str | os.PathLike, resume: bool = False) -> Iterator[Path]:
         if not resume:
             shutil.rmtree(work, ignore_errors=True)
         raise
+
+
+def fingerprint(path: Path) -> str:
+    """sha256 over the relative path, size and modification time of every file under ``path`` (or of the file
+    ``path``): reading no content, it changes when a file is replaced, re-downloaded or edited."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        rel = f.relative_to(path).as_posix() if path.is_dir() else f.name
+        digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
