@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("make-tiny", help="write a tiny random GLM-Image model folder (official layout) for tests and demos")
     p.add_argument("dir", help="output folder (written atomically; must not exist or be empty)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the weights")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty folder")
+    p.add_argument("--overwrite", action="store_true", help="replace DIR if it is a model folder (never another folder)")
     p.set_defaults(func=_make_tiny)
     return parser
 
