@@ -24,9 +24,13 @@ from PIL import Image
 
 
 def _umask() -> int:
-    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
-    os.umask(mask)
-    return mask
+    try:  # Linux reports it without changing it
+        status = Path("/proc/self/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("Umask:")), 8)
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o022)  # elsewhere reading the umask means setting it; put it straight back
+        os.umask(mask)
+        return mask
 
 
 def file_mode() -> int:
