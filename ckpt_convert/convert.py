@@ -8,22 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from mindglm_image.config.base import write_json_atomic
+from mindglm_image.atomic import atomic_dir, copy_file, write_json_atomic
 from mindglm_image.weights.checkpoint import ShardedCheckpoint
 from mindglm_image.weights.components import MS_STEM, ComponentSpec, build_cell, load_config
-from mindglm_image.weights.safetensors_io import CheckpointError, write_safetensors_streamed
+from mindglm_image.weights.safetensors_io import FLOAT_TAGS, CheckpointError, tensor_nbytes, write_safetensors_streamed
 
-FLOAT_TAGS = ("F32", "F16", "BF16")
-_ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2}
 MANIFEST = "conversion_manifest.json"
 
 
@@ -41,14 +36,12 @@ class ConversionConfig:
             raise ValueError(f"dtype must be one of {FLOAT_TAGS} or None, got {self.dtype!r}")
 
     def stems(self, spec: ComponentSpec) -> tuple[str, str]:
+        """(source, output) file stems; tensor names are the same in both layouts."""
         return (spec.hf_stem, MS_STEM) if self.direction == "hf2ms" else (MS_STEM, spec.hf_stem)
-
-    def rename(self, spec: ComponentSpec):
-        return spec.hf_to_ms if self.direction == "hf2ms" else spec.ms_to_hf
 
 
 def expected_tensors(spec: ComponentSpec, folder: Path) -> dict[str, tuple[int, ...]]:
-    """MindSpore parameter name -> shape, from the folder's config.json.
+    """Parameter name -> shape, from the folder's config.json.
 
     Parameters are created with lazy initializers, so even the real-size model allocates no weights here.
     """
@@ -56,20 +49,19 @@ def expected_tensors(spec: ComponentSpec, folder: Path) -> dict[str, tuple[int, 
     return {name: tuple(p.shape) for name, p in cell.parameters_dict().items()}
 
 
-def check_against_config(ckpt: ShardedCheckpoint, to_ms_name, expected: dict[str, tuple[int, ...]]) -> None:
+def check_against_config(ckpt: ShardedCheckpoint, expected: dict[str, tuple[int, ...]]) -> None:
     """Every tensor known, of the right shape and a float dtype; none missing. Errors name tensor and file."""
     seen = set()
     for name in ckpt.keys():
         info = ckpt.info(name)
-        ms_name = to_ms_name(name)
         where = f"tensor {name} in {ckpt.file_of(name)}"
-        if ms_name not in expected:
+        if name not in expected:
             raise CheckpointError(f"unexpected {where}: the model defined by config.json has no such parameter")
-        if info.shape != expected[ms_name]:
-            raise CheckpointError(f"{where} has shape {list(info.shape)}, config.json implies {list(expected[ms_name])}")
+        if info.shape != expected[name]:
+            raise CheckpointError(f"{where} has shape {list(info.shape)}, config.json implies {list(expected[name])}")
         if info.dtype not in FLOAT_TAGS:
-            raise CheckpointError(f"{where} has dtype {info.dtype}; weights must be F32, F16 or BF16")
-        seen.add(ms_name)
+            raise CheckpointError(f"{where} has dtype {info.dtype}; weights must be one of {', '.join(FLOAT_TAGS)}")
+        seen.add(name)
     missing = sorted(set(expected) - seen)
     if missing:
         raise CheckpointError(f"{ckpt.folder}: missing {len(missing)} tensor(s) the model needs: {missing[:8]}")
@@ -96,33 +88,30 @@ def convert_component(spec: ComponentSpec, src: str | Path, dst: str | Path,
     """
     src, dst = Path(src), Path(dst)
     src_stem, dst_stem = cfg.stems(spec)
-    rename = cfg.rename(spec)
     ckpt = ShardedCheckpoint(src, src_stem)
-    check_against_config(ckpt, spec.hf_to_ms if cfg.direction == "hf2ms" else (lambda n: n), expected_tensors(spec, src))
+    check_against_config(ckpt, expected_tensors(spec, src))
 
     def out_dtype(name: str) -> str:
         return cfg.dtype or ckpt.info(name).dtype
 
     names = ckpt.keys()
-    sizes = {n: int(np.prod(ckpt.info(n).shape, dtype=np.int64)) * _ITEMSIZE[out_dtype(n)] for n in names}
+    sizes = {n: tensor_nbytes(out_dtype(n), ckpt.info(n).shape) for n in names}
     shards = _plan_shards(names, sizes, cfg.max_shard_bytes)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent))
     manifest: dict[str, dict] = {}
     bar = tqdm(total=sum(sizes.values()), unit="B", unit_scale=True, desc=f"convert {spec.name}", disable=not cfg.progress)
-    try:
+    with bar, atomic_dir(dst) as work:
         for item in sorted(src.iterdir()):
             if item.is_file() and ".safetensors" not in item.name and not item.name.startswith(".") and item.name != MANIFEST:
-                shutil.copy2(item, work / item.name)
+                copy_file(item, work / item.name)
         weight_map: dict[str, str] = {}
         for i, shard_names in enumerate(shards, 1):
             fname = f"{dst_stem}.safetensors" if len(shards) == 1 else f"{dst_stem}-{i:05d}-of-{len(shards):05d}.safetensors"
-            specs = [(rename(n), out_dtype(n), ckpt.info(n).shape) for n in shard_names]
+            specs = [(n, out_dtype(n), ckpt.info(n).shape) for n in shard_names]
 
             def payloads(shard_names=shard_names) -> Iterator[np.ndarray]:
                 for name in shard_names:
                     t = ckpt.get(name)
-                    manifest[rename(name)] = {"source": name, "source_file": ckpt.weight_map[name],
+                    manifest[name] = {"source": name, "source_file": ckpt.weight_map[name],
                                               "source_dtype": t.dtype,
                                               "source_sha256": hashlib.sha256(memoryview(np.ascontiguousarray(t.raw))).hexdigest()}
                     yield t.cast(out_dtype(name)).raw
@@ -136,24 +125,6 @@ def convert_component(spec: ComponentSpec, src: str | Path, dst: str | Path,
         if len(shards) > 1:
             write_json_atomic(work / f"{dst_stem}.safetensors.index.json",
                               {"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map})
-        write_json_atomic(work / MANIFEST, {"component": spec.name, "direction": cfg.direction, "stem": dst_stem,
-                                            "tensors": manifest})
-        replace_dir(work, dst)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    finally:
-        bar.close()
+        write_json_atomic(work / MANIFEST, {"component": spec.name, "direction": cfg.direction, "dtype": cfg.dtype,
+                                            "stem": dst_stem, "tensors": manifest})
     return dst
-
-
-def replace_dir(new: Path, dst: Path) -> None:
-    """Move a finished folder into place; an existing folder is swapped out only after the move succeeds."""
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dst, old)
-        os.replace(new, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(new, dst)

@@ -20,3 +20,8 @@ def read_model_index(folder: Path) -> dict:
 def component_names(index: dict) -> list[str]:
     """Subfolders named by model_index.json (entries whose value is a [library, class] pair)."""
     return [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0] is not None]
+
+
+def is_model_folder(folder: Path) -> bool:
+    """A GLM-Image model folder (ours or Hugging Face's): the only kind ``--overwrite`` may replace."""
+    return (folder / "model_index.json").is_file()

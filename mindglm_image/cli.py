@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -12,7 +13,7 @@ def _convert(args: argparse.Namespace) -> int:
 
     cfg = ConversionConfig(direction=f"{args.src_format}2{'ms' if args.src_format == 'hf' else 'hf'}", dtype=args.dtype,
                            max_shard_bytes=int(args.max_shard_gb * 1024**3), progress=True)
-    out = convert_model_folder(args.src, args.dst, cfg)
+    out = convert_model_folder(args.src, args.dst, cfg, overwrite=args.overwrite)
     print(f"converted {args.src} -> {out}")
     return 0
 
@@ -20,12 +21,12 @@ def _convert(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from ckpt_convert.verify import verify_model_folder
 
-    problems = verify_model_folder(args.dir, args.source)
+    problems = verify_model_folder(args.dir, args.source, args.dtype)
     for p in problems:
         print(f"FAIL {p}", file=sys.stderr)
     if problems:
         return 1
-    print(f"verified {args.dir}: every tensor matches its conversion manifest")
+    print(f"verified {args.dir}: every tensor and file matches its conversion manifest")
     return 0
 
 
@@ -64,12 +65,15 @@ def _check_demo(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .generation.sampling import SamplingConfig
-    from .pipeline.glm_image_pipeline import GlmImagePipeline, save_images
+    from .atomic import save_image_atomic
+    from .pipeline.glm_image_pipeline import GlmImagePipeline
     from .runtime import default_compute_dtype, setup_runtime
 
+    if args.steps < 1:
+        raise ValueError(f"--steps {args.steps}: the number of denoising steps must be at least 1")
+    paths = output_paths(Path(args.out), len(args.prompt) * args.num_images)
+    check_output_paths(paths, args.overwrite)
     device = setup_runtime(args.device)
     pipe = GlmImagePipeline.from_pretrained(args.model, dtype=default_compute_dtype(device))
     sampling = pipe.sampling_config(seed=args.seed, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
@@ -78,13 +82,47 @@ def _generate(args: argparse.Namespace) -> int:
     out = pipe(args.prompt, image=args.image or None, height=args.height, width=args.width,
                num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed, sampling=sampling,
                num_images_per_prompt=args.num_images)
-    for path in save_images(out.images, Path(args.out)):
+    for path, image in zip(paths, out.images):
+        save_image_atomic(image, path)
         print(f"wrote {path}")
     print(out.timings.summary())
     return 0
 
 
+def output_paths(out: Path, count: int) -> list[Path]:
+    """``out`` for one image, ``out-<i>`` suffixes for several."""
+    return [out] if count == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(count)]
+
+
+def check_output_paths(paths: list[Path], overwrite: bool) -> None:
+    """Every problem of ``--out`` found before the model loads, named by the user's path."""
+    import tempfile
+
+    from .atomic import image_format
+
+    for path in paths:
+        try:
+            image_format(path)
+        except ValueError as err:
+            raise ValueError(f"--out {err}") from None
+        if path.is_dir():
+            raise ValueError(f"--out {path} is a folder; give a file name, e.g. {path / 'out.png'}")
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"--out {path} already exists; pass --overwrite to replace it, or choose another name")
+        folder = path.parent
+        while not folder.exists():  # parents that do not exist yet are created when the image is saved
+            folder = folder.parent
+        if not folder.is_dir():
+            raise ValueError(f"--out {path}: {folder} is a file, not a folder")
+        try:
+            tempfile.TemporaryFile(dir=folder).close()
+        except OSError as err:
+            raise PermissionError(f"--out {path}: cannot write in {folder} ({err.strerror})") from err
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .weights.safetensors_io import FLOAT_TAGS
+
     parser = argparse.ArgumentParser(prog="mindglm-image", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("generate", help="text-to-image, or image-to-image with --image")
@@ -102,23 +140,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--greedy", action="store_true", help="greedy AR decoding instead of sampling")
     p.add_argument("--device", default=None, help="CPU or Ascend (default: $MINDGLM_DEVICE or CPU)")
-    p.add_argument("--out", default="out.png", help="PNG path (several prompts: out-0.png, out-1.png, ...)")
+    p.add_argument("--out", default="out.png", help="image path, format from the extension: .png, .jpg, .webp ... "
+                   "(several images: out-0.png, out-1.png, ...)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=_generate)
     p = sub.add_parser("convert", help="convert a whole model folder between Hugging Face and MindSpore layouts")
     p.add_argument("--from", dest="src_format", choices=("hf", "ms"), required=True, help="layout of --src")
     p.add_argument("--src", required=True, help="model folder holding model_index.json")
-    p.add_argument("--dst", required=True, help="output folder (written atomically)")
-    p.add_argument("--dtype", choices=("F32", "F16", "BF16"), default=None, help="cast weights (default: keep)")
+    p.add_argument("--dst", required=True, help="output folder (written atomically; must not exist or be empty)")
+    p.add_argument("--overwrite", action="store_true", help="replace --dst if it is a model folder (never another folder)")
+    p.add_argument("--dtype", choices=FLOAT_TAGS, default=None, help="cast weights (default: keep)")
     p.add_argument("--max-shard-gb", type=float, default=5.0, help="size of output shards")
     p.set_defaults(func=_convert)
     p = sub.add_parser("verify", help="check a converted folder against its checksum manifests")
     p.add_argument("dir", help="converted model folder")
     p.add_argument("--source", default=None, help="also re-hash the source folder it was converted from")
+    p.add_argument("--dtype", choices=FLOAT_TAGS, default=None, help="also require every tensor to be this dtype")
     p.set_defaults(func=_verify)
     p = sub.add_parser("make-tiny", help="write a tiny random GLM-Image model folder (official layout) for tests and demos")
     p.add_argument("dir", help="output folder (written atomically; must not exist or be empty)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the weights")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty folder")
+    p.add_argument("--overwrite", action="store_true", help="replace DIR if it is a model folder (never another folder)")
     p.set_defaults(func=_make_tiny)
     p = sub.add_parser("make-demo-data", help="write the synthetic shapes dataset of the demo model (.jsonl + PNGs)")
     p.add_argument("dir", help="output folder")

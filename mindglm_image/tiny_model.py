@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from .atomic import atomic_dir, check_destination, write_json_atomic
 from .weights.components import COMPONENTS, build_cell
 from .weights.safetensors_io import TensorData, write_safetensors
 
@@ -132,13 +132,12 @@ def _ar_structure(name: str, value: np.ndarray, num_codes: int) -> np.ndarray:
 
 
 def random_tensors(name: str, config: dict, seed: int) -> list[TensorData]:
-    """Every parameter of component ``name`` under its Hugging Face name, random bf16."""
+    """Every parameter of component ``name`` (names are the Hugging Face ones), random bf16."""
     spec = COMPONENTS[name]
     cell = build_cell(spec, spec.config_class().from_dict(config))
     rng = np.random.default_rng([seed, WEIGHT_PARTS.index(name)])
     tensors = []
-    for ms_name, param in cell.parameters_dict().items():
-        hf_name = spec.ms_to_hf(ms_name)
+    for hf_name, param in cell.parameters_dict().items():
         value = _random_tensor(hf_name, tuple(param.shape), rng)
         if name == "vision_language_encoder":
             value = _ar_structure(hf_name, value, config["vq_config"]["num_embeddings"])
@@ -165,12 +164,7 @@ def write_weights(part: Path, stem: str, tensors: list[TensorData], max_shard_by
         write_safetensors(part / fname, shard, metadata={"format": "pt"})
         weight_map.update({t.name: fname for t in shard})
     index = {"metadata": {"total_size": sum(t.nbytes for t in tensors)}, "weight_map": dict(sorted(weight_map.items()))}
-    _write_json(part / f"{stem}.safetensors.index.json", index)
-
-
-def _write_json(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json_atomic(part / f"{stem}.safetensors.index.json", index)
 
 
 def write_byt5_tokenizer(folder: Path, extra_ids: int = 125) -> None:
@@ -182,55 +176,44 @@ def write_byt5_tokenizer(folder: Path, extra_ids: int = 125) -> None:
     extra = [f"<extra_id_{i}>" for i in range(extra_ids)]
     decoder = {"0": entry("<pad>", False), "1": entry("</s>", False), "2": entry("<unk>", False)}
     decoder.update({str(259 + i): entry(tok, True) for i, tok in enumerate(extra)})
-    _write_json(folder / "tokenizer_config.json", {
+    write_json_atomic(folder / "tokenizer_config.json", {
         "added_tokens_decoder": decoder, "backend": "custom", "eos_token": "</s>", "extra_ids": 0,
         "extra_special_tokens": extra, "model_max_length": int(1e30), "pad_token": "<pad>",
         "tokenizer_class": "ByT5Tokenizer", "unk_token": "<unk>"})
-    _write_json(folder / "added_tokens.json", dict(sorted({tok: 259 + i for i, tok in enumerate(extra)}.items())))
-
-
-def _is_empty_dir(path: Path) -> bool:
-    return path.is_dir() and not any(path.iterdir())
+    write_json_atomic(folder / "added_tokens.json", dict(sorted({tok: 259 + i for i, tok in enumerate(extra)}.items())))
 
 
 def make_tiny_model(folder: str | os.PathLike, seed: int = 0, overwrite: bool = False, progress: bool = True,
                     config_dir: str | os.PathLike = TINY_CONFIG_DIR) -> Path:
-    """Write the tiny model to ``folder`` (built in ``.<name>.partial`` beside it, then moved into place)."""
-    from ckpt_convert.convert import replace_dir
+    """Write the tiny model to ``folder`` (built in ``.<name>.partial`` beside it, then moved into place).
+
+    ``overwrite`` replaces an existing model folder (one with ``model_index.json``), never another folder.
+    """
+    from ckpt_convert.model_index import is_model_folder
     from .processor.tiny_tokenizer import build_tokenizer, write_processor_files
 
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise FileExistsError(f"{folder} exists and is not a folder; choose another path for the tiny model")
-    if folder.exists() and not _is_empty_dir(folder) and not overwrite:
-        raise FileExistsError(f"{folder} already exists and is not empty; choose a new folder, or replace it with "
-                              "overwrite=True (`mindglm-image make-tiny DIR --overwrite`)")
+    check_destination(folder, overwrite, is_model_folder, "model folder",
+                      "overwrite=True (`mindglm-image make-tiny DIR --overwrite`)")
     configs = load_tiny_configs(config_dir)
     ar = configs["vision_language_encoder"]
     check_consistency(configs, build_tokenizer(ar["text_config"]["vision_vocab_size"]))
 
-    work = folder.with_name(f".{folder.name}.partial")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
     steps = [*WEIGHT_PARTS, "processor", "tokenizer", "scheduler"]
-    try:
+    with atomic_dir(folder) as work:
         for name in tqdm(steps, desc="make-tiny", unit="part", disable=not progress):
             part = work / name
             if name in WEIGHT_PARTS:
-                _write_json(part / "config.json", configs[name])
+                write_json_atomic(part / "config.json", configs[name])
                 write_weights(part, COMPONENTS[name].hf_stem, random_tensors(name, configs[name], seed))
                 if name == "vision_language_encoder":
-                    _write_json(part / "generation_config.json", configs["generation_config"])
+                    write_json_atomic(part / "generation_config.json", configs["generation_config"])
             elif name == "processor":
                 write_processor_files(part, ar["text_config"]["vision_vocab_size"], ar["image_start_token_id"],
                                       ar["image_end_token_id"], configs["image_processor"])
             elif name == "tokenizer":
                 write_byt5_tokenizer(part)
             else:
-                _write_json(part / "scheduler_config.json", configs["scheduler"])
-        _write_json(work / "model_index.json", MODEL_INDEX)
-        replace_dir(work, folder)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+                write_json_atomic(part / "scheduler_config.json", configs["scheduler"])
+        write_json_atomic(work / "model_index.json", MODEL_INDEX)
     return folder

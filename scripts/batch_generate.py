@@ -15,10 +15,18 @@ import sys
 import typing
 from pathlib import Path
 
-from mindglm_image.jobs.batch_generate import BatchJobConfig, distributed_rank, run_batch
+from mindglm_image.jobs.batch_generate import BatchJobConfig, distributed_rank, read_items, run_batch
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _run(argv)
+    except (ValueError, OSError) as err:  # ConfigError, CheckpointError, a missing file: a message, not a traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="job config JSON (fields of BatchJobConfig)")
     hints = typing.get_type_hints(BatchJobConfig)
@@ -27,9 +35,17 @@ def main(argv: list[str] | None = None) -> int:
             kind = next(t for t in (int, float, str) if t is hints[field.name] or t in typing.get_args(hints[field.name]))
             parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=kind, default=None)
     args = parser.parse_args(argv)
-    base = json.loads(Path(args.config).read_text(encoding="utf-8")) if args.config else {}
+    try:
+        base = json.loads(Path(args.config).read_text(encoding="utf-8")) if args.config else {}
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--config {args.config} is not valid JSON ({err})") from None
     overrides = {k: v for k, v in vars(args).items() if k != "config" and v is not None}
     cfg = BatchJobConfig.from_dict({**base, **overrides})
+    items, problems = read_items(cfg.prompts, cfg.base_seed)  # every item checked before the model loads
+    for message in problems:
+        print(f"warning: {message}", file=sys.stderr)
+    if not items:
+        raise ValueError(f"{cfg.prompts}: no usable item (see the warnings above)")
 
     from mindglm_image.pipeline.glm_image_pipeline import GlmImagePipeline
     from mindglm_image.runtime import default_compute_dtype, setup_runtime
@@ -37,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     device = setup_runtime(cfg.device)  # msrun gives each worker its device; init() follows set_device
     rank, world = distributed_rank()
     pipe = GlmImagePipeline.from_pretrained(cfg.model, dtype=default_compute_dtype(device))
-    print(json.dumps(run_batch(cfg, pipe, rank, world)), flush=True)
+    print(json.dumps(run_batch(cfg, pipe, rank, world, items=items)), flush=True)
     return 0
 
 

@@ -28,7 +28,7 @@ def write_component(folder: Path, name: str, config: dict, dtype: str = "BF16", 
     (part / "config.json").write_text(json.dumps(config, indent=2))
     cell = build_cell(spec, spec.config_class().from_dict(config))
     rng = np.random.default_rng(seed)
-    tensors = [TensorData.from_array(spec.ms_to_hf(n), rng.standard_normal(p.shape).astype(np.float32), dtype)
+    tensors = [TensorData.from_array(n, rng.standard_normal(p.shape).astype(np.float32), dtype)
                for n, p in cell.parameters_dict().items()]
     groups = np.array_split(np.arange(len(tensors)), shards)
     weight_map = {}
@@ -41,7 +41,7 @@ def write_component(folder: Path, name: str, config: dict, dtype: str = "BF16", 
     return {t.name: t for t in tensors}
 
 
-def write_model_folder(folder: Path, dtype: str = "BF16") -> dict:
+def write_model_folder(folder: Path, dtype: str = "BF16", seed: int = 0) -> dict:
     """A model folder with model_index.json, a sharded vae/ and a scheduler/ to copy."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model_index.json").write_text(json.dumps({
@@ -49,4 +49,4 @@ def write_model_folder(folder: Path, dtype: str = "BF16") -> dict:
         "vae": ["diffusers", "AutoencoderKL"], "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"]}))
     (folder / "scheduler").mkdir(exist_ok=True)
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps({"_class_name": "FlowMatchEulerDiscreteScheduler"}))
-    return write_component(folder, "vae", TINY_VAE, dtype)
+    return write_component(folder, "vae", TINY_VAE, dtype, seed=seed)

@@ -67,3 +67,33 @@ def test_converted_layout_generates_the_same_image(tiny, tmp_path):
     assert _generate(tiny, tmp_path / "hf.png", "--seed", "5") == 0
     assert _generate(tmp_path / "ms", tmp_path / "ms.png", "--seed", "5") == 0
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "hf.png")), np.asarray(Image.open(tmp_path / "ms.png")))
+
+
+def test_output_problems_are_found_before_the_model_loads(tmp_path, capsys):
+    """Regression (issue 13, defect 7): --out and --steps problems surfaced only after the whole generation.
+    --model points nowhere, so each message proves the check ran before any loading."""
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "taken.png").write_bytes(b"keep me")
+    (tmp_path / "folder.png").mkdir()
+    (tmp_path / "taken-1.png").write_bytes(b"keep me")
+    cases = [(["--steps", "0"], tmp_path / "a.png", "--steps 0: the number of denoising steps must be at least 1"),
+             ([], tmp_path / "file" / "a.png", f"--out {tmp_path / 'file' / 'a.png'}: {tmp_path / 'file'} is a file"),
+             ([], tmp_path / "folder.png", f"--out {tmp_path / 'folder.png'} is a folder"),
+             ([], "/sys/a.png", "--out /sys/a.png: cannot write in /sys"),
+             ([], tmp_path / "taken.png", f"--out {tmp_path / 'taken.png'} already exists; pass --overwrite"),
+             (["--num-images", "2"], tmp_path / "taken.png", f"--out {tmp_path / 'taken-1.png'} already exists"),
+             ([], tmp_path / "a.txt", "--out " + str(tmp_path / "a.txt") + ": the extension '.txt' names no image format")]
+    for extra, out, message in cases:
+        assert _generate(tmp_path / "no-model", out, *extra) == 2
+        err = capsys.readouterr().err
+        assert message in err and "not a complete GLM-Image model folder" not in err, (out, err)
+    assert (tmp_path / "taken.png").read_bytes() == b"keep me"
+    assert _generate(tmp_path / "no-model", tmp_path / "taken.png", "--overwrite") == 2
+    assert "not a complete GLM-Image model folder" in capsys.readouterr().err  # --overwrite: past the output checks
+
+
+def test_output_format_follows_the_extension_and_overwrite(tiny, tmp_path):
+    assert _generate(tiny, tmp_path / "a.jpg") == 0
+    assert Image.open(tmp_path / "a.jpg").format == "JPEG"
+    assert _generate(tiny, tmp_path / "a.jpg", "--seed", "1") == 2
+    assert _generate(tiny, tmp_path / "a.jpg", "--seed", "1", "--overwrite") == 0

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import ckpt_convert.convert as convert_mod
+import ckpt_convert.model_folder as model_folder_mod
 from ckpt_convert.convert import MANIFEST, ConversionConfig, convert_component
 from ckpt_convert.model_folder import convert_model_folder
 from ckpt_convert.verify import verify_model_folder
@@ -44,7 +45,7 @@ def test_converted_weights_load_into_the_cell(tmp_path):
     cell = load_component(VAE, tmp_path / "ms" / "vae")
     params = cell.parameters_dict()
     for name, t in tensors.items():
-        np.testing.assert_array_equal(params[VAE.hf_to_ms(name)].asnumpy(), t.array())
+        np.testing.assert_array_equal(params[name].asnumpy(), t.array())
 
 
 def test_dtype_conversion_on_request(tmp_path):
@@ -133,7 +134,7 @@ def test_existing_good_output_survives_a_failed_rerun(tmp_path, monkeypatch):
     monkeypatch.setattr(convert_mod, "write_safetensors_streamed", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
     (tmp_path / ".ms.partial").mkdir()
     with pytest.raises(OSError):
-        convert_model_folder(tmp_path / "hf", tmp_path / "ms")
+        convert_model_folder(tmp_path / "hf", tmp_path / "ms", overwrite=True)
     assert (tmp_path / "ms" / "vae" / MANIFEST).read_bytes() == before
     assert verify_model_folder(tmp_path / "ms") == []
 
@@ -162,6 +163,7 @@ _KILL_SCRIPT = """
 import os, signal, sys
 sys.path.insert(0, sys.argv[3])
 import ckpt_convert.convert as convert_mod
+import ckpt_convert.model_folder as model_folder_mod
 from ckpt_convert.convert import ConversionConfig
 from ckpt_convert.model_folder import convert_model_folder
 real, calls = convert_mod.write_safetensors_streamed, [0]
@@ -193,3 +195,74 @@ def test_sigkill_mid_conversion_then_rerun(tmp_path):
     convert_model_folder(tmp_path / "hf", tmp_path / "ms", ConversionConfig(max_shard_bytes=64 * 1024))
     assert verify_model_folder(tmp_path / "ms", source=tmp_path / "hf") == []
     assert not [p for p in (tmp_path / "ms").rglob(".*")]
+
+
+def _tree(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_dst_is_replaced_only_when_asked_and_only_if_a_model_folder(tmp_path, capsys):
+    """Regression (issue 13, defect 1): --dst used to replace any existing folder without a word."""
+    write_model_folder(tmp_path / "hf")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "me.jpg").write_bytes(b"precious")
+    for extra in ([], ["--overwrite"]):
+        assert cli_main(["convert", "--from", "hf", "--src", str(tmp_path / "hf"), "--dst", str(photos), *extra]) == 2
+        assert _tree(photos) == {"me.jpg": b"precious"}
+    assert "photos is not a model folder; --overwrite replaces only a model folder" in capsys.readouterr().err
+    write_model_folder(tmp_path / "other", seed=1)
+    convert_model_folder(tmp_path / "other", tmp_path / "ms")
+    before = _tree(tmp_path / "ms")
+    assert cli_main(["convert", "--from", "hf", "--src", str(tmp_path / "hf"), "--dst", str(tmp_path / "ms")]) == 2
+    assert "already exists and is not empty" in capsys.readouterr().err and _tree(tmp_path / "ms") == before
+    assert cli_main(["convert", "--from", "hf", "--src", str(tmp_path / "hf"), "--dst", str(tmp_path / "ms"), "--overwrite"]) == 0
+    assert verify_model_folder(tmp_path / "ms", source=tmp_path / "hf") == []
+    with pytest.raises(CheckpointError, match="overlap"):
+        convert_model_folder(tmp_path / "hf", tmp_path / "hf" / "inside")
+
+
+@pytest.mark.parametrize("second", ["other_source", "other_dtype"])
+def test_resume_only_continues_the_same_conversion(tmp_path, monkeypatch, second):
+    """Regression (issue 13, defect 2): a rerun with another --src or --dtype kept the first run's components."""
+    write_model_folder(tmp_path / "a", seed=0)
+    b = write_model_folder(tmp_path / "b", seed=1)
+    real = model_folder_mod.copy_file
+    monkeypatch.setattr(model_folder_mod, "copy_file", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError):  # fails after vae/ is converted, before the folder is complete
+        convert_model_folder(tmp_path / "a", tmp_path / "ms")
+    assert (tmp_path / ".ms.partial" / "vae" / MANIFEST).is_file()
+    monkeypatch.setattr(model_folder_mod, "copy_file", real)
+    if second == "other_source":
+        convert_model_folder(tmp_path / "b", tmp_path / "ms")
+        assert verify_model_folder(tmp_path / "ms", source=tmp_path / "b") == []
+        got = ShardedCheckpoint(tmp_path / "ms" / "vae", MS_STEM)
+        assert all(bytes(got.get(n).raw) == bytes(t.raw) for n, t in b.items())
+    else:
+        convert_model_folder(tmp_path / "a", tmp_path / "ms", ConversionConfig(dtype="F32"))
+        got = ShardedCheckpoint(tmp_path / "ms" / "vae", MS_STEM)
+        assert {got.info(n).dtype for n in got.keys()} == {"F32"}
+        assert verify_model_folder(tmp_path / "ms", dtype="F32") == []
+
+
+def test_verify_covers_every_file_and_the_dtype(tmp_path, capsys):
+    """Regression (issue 13, defect 3): configs, scheduler and other non-weight files were not verified."""
+    write_model_folder(tmp_path / "hf")
+    convert_model_folder(tmp_path / "hf", tmp_path / "ms", ConversionConfig(dtype="F16"))
+    ms = tmp_path / "ms"
+    assert verify_model_folder(ms, source=tmp_path / "hf", dtype="F16") == []
+    assert cli_main(["verify", str(ms), "--dtype", "BF16"]) == 1
+    assert "tensor(s) are not BF16 as --dtype asks for" in capsys.readouterr().err
+    (ms / "scheduler" / "scheduler_config.json").write_text("{oops")
+    (ms / "vae" / "config.json").write_text((ms / "vae" / "config.json").read_text().replace("32", "48"))
+    (ms / "vae" / "notes.txt").write_text("x")
+    (ms / "model_index.json").unlink()
+    (ms / "model_index.json").write_text((tmp_path / "hf" / "model_index.json").read_text())  # same bytes: fine
+    problems = "\n".join(verify_model_folder(ms))
+    assert "scheduler_config.json: bytes differ" in problems and "scheduler_config.json: not valid JSON" in problems
+    assert "vae/config.json: bytes differ" in problems and "notes.txt: not covered by the conversion manifest" in problems
+    assert "model_index.json" not in problems
+    (tmp_path / "hf" / "scheduler" / "scheduler_config.json").write_text("{}")
+    (ms / "scheduler" / "scheduler_config.json").write_text((tmp_path / "hf" / "scheduler" / "scheduler_config.json").read_text())
+    assert "source " + str(tmp_path / "hf" / "scheduler" / "scheduler_config.json") + " changed" in "\n".join(
+        verify_model_folder(ms, source=tmp_path / "hf"))

@@ -114,6 +114,10 @@ def test_refuses_a_non_empty_folder(tiny, tmp_path):
     target = tmp_path / "old"
     target.mkdir()
     (target / "stale.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="is not a model folder"):  # overwrite replaces only a model folder
+        make_tiny_model(target, overwrite=True, progress=False)
+    assert (target / "stale.txt").read_text() == "x"
+    (target / "model_index.json").write_text("{}")
     make_tiny_model(target, overwrite=True, progress=False)
     assert not (target / "stale.txt").exists() and (target / "model_index.json").is_file()
 

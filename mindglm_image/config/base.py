@@ -8,11 +8,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 import types
 import typing
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
+
+from ..atomic import write_json_atomic
 
 T = TypeVar("T", bound="HFConfig")
 
@@ -123,19 +124,5 @@ class HFConfig:
             raise ConfigError(f"{path}: {err}") from err
 
     def to_json_file(self, path: str | os.PathLike) -> None:
-        write_json_atomic(Path(path), self.to_dict())
+        write_json_atomic(path, self.to_dict())
 
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON via a temporary file and rename, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, ensure_ascii=False)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -208,13 +208,3 @@ class GlmImagePipeline:
             cache.next_sample()
         return cache
 
-
-def save_images(images: list[Image.Image], out: Path) -> list[Path]:
-    """Write PNGs atomically (temp name + rename): ``out`` for one image, ``out-<i>`` suffixes for several."""
-    paths = [out] if len(images) == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(len(images))]
-    for img, path in zip(images, paths):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.partial")
-        img.save(tmp, format="PNG")
-        tmp.replace(path)
-    return paths

@@ -28,23 +28,12 @@ class ComponentSpec:
     hf_stem: str                   # "model" (transformers) or "diffusion_pytorch_model" (diffusers)
     config_path: str               # "module:Class" of the HFConfig subclass
     cell_path: str                 # "module:Class" of the cell; built as Class(config, dtype=...)
-    renames: tuple[tuple[str, str], ...] = ()  # literal (HF substring, MindSpore substring) pairs, in order
 
     def config_class(self) -> type[HFConfig]:
         return _import(self.config_path)
 
     def cell_class(self) -> Callable[..., nn.Cell]:
         return _import(self.cell_path)
-
-    def hf_to_ms(self, name: str) -> str:
-        for hf, ms_ in self.renames:
-            name = name.replace(hf, ms_)
-        return name
-
-    def ms_to_hf(self, name: str) -> str:
-        for hf, ms_ in reversed(self.renames):
-            name = name.replace(ms_, hf)
-        return name
 
 
 def _import(path: str):
@@ -85,15 +74,12 @@ def load_component(spec: ComponentSpec, folder: str | Path, dtype: ms.Type = ms.
     """Build the cell from ``folder/config.json`` and fill it from the folder's weights.
 
     Accepts our converted layout (``mindspore_model*.safetensors``) or, when absent, the original
-    Hugging Face files, renaming on the fly.
+    Hugging Face files: parameter names are the reference's in both, only the file stem differs.
     """
     folder = Path(folder)
     config = load_config(spec, folder)
     cell = build_cell(spec, config, dtype)
-    if any(folder.glob(f"{MS_STEM}*.safetensors*")):
-        ckpt, rename = ShardedCheckpoint(folder, MS_STEM), (lambda n: n)
-    else:
-        ckpt, rename = ShardedCheckpoint(folder, spec.hf_stem), spec.hf_to_ms
-    load_tensors_into_cell(cell, ckpt, str(folder), rename)
+    stem = MS_STEM if any(folder.glob(f"{MS_STEM}*.safetensors*")) else spec.hf_stem
+    load_tensors_into_cell(cell, ShardedCheckpoint(folder, stem), str(folder))
     cell.set_train(False)
     return cell

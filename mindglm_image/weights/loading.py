@@ -7,14 +7,14 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn
 
-from .safetensors_io import CheckpointError, TensorData
-
-_FLOAT_TAGS = {"F32", "F16", "BF16", "F64"}
+from .safetensors_io import FLOAT_TAGS, CheckpointError, TensorData
 
 
 def load_tensors_into_cell(cell: nn.Cell, tensors: Iterable[TensorData], source: str,
                            rename: Callable[[str], str] = lambda n: n) -> None:
     """Stream ``tensors`` into ``cell``; every parameter must be filled exactly once.
+
+    ``rename`` maps a stored name to the cell's (e.g. strips a prefix to load one sub-module of a checkpoint).
 
     Values are cast to each parameter's own dtype (bf16 checkpoint -> fp32 cells on CPU, bf16 on Ascend).
     Raises ``CheckpointError`` naming the offending tensor and ``source`` on any mismatch.
@@ -33,10 +33,10 @@ def load_tensors_into_cell(cell: nn.Cell, tensors: Iterable[TensorData], source:
                 f"{source}: tensor {t.name} has shape {list(t.shape)} but the model expects {list(param.shape)}; "
                 "the checkpoint does not match config.json"
             )
-        if t.dtype not in _FLOAT_TAGS and param.dtype in (ms.float32, ms.float16, ms.bfloat16):
+        if t.dtype not in FLOAT_TAGS and param.dtype in (ms.float32, ms.float16, ms.bfloat16):
             raise CheckpointError(f"{source}: tensor {t.name} has dtype {t.dtype}, expected a floating dtype")
         value = t.array()
-        if value.dtype != np.float32 and t.dtype in _FLOAT_TAGS:
+        if value.dtype != np.float32 and t.dtype in FLOAT_TAGS:
             value = value.astype(np.float32)
         param.set_data(ms.Tensor(value, dtype=param.dtype))
         seen.add(name)

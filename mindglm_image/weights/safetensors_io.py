@@ -11,13 +11,15 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
-#: safetensors dtype tag -> numpy dtype used to hold its bytes (BF16 is held as uint16)
+from ..atomic import atomic_file
+
+#: safetensors dtype tag -> numpy dtype used to hold its bytes (BF16 is held as uint16); the one table of
+#: tags and item sizes (``tensor_nbytes``)
 DTYPE_TO_NUMPY: dict[str, np.dtype] = {
     "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"),
     "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
@@ -28,11 +30,18 @@ _NUMPY_TO_DTYPE = {np.dtype("<f8"): "F64", np.dtype("<f4"): "F32", np.dtype("<f2
                    np.dtype("<i8"): "I64", np.dtype("<i4"): "I32", np.dtype("<i2"): "I16", np.dtype("i1"): "I8",
                    np.dtype("u1"): "U8", np.dtype("<u2"): "U16", np.dtype("<u4"): "U32", np.dtype("<u8"): "U64",
                    np.dtype("?"): "BOOL"}
+#: floating tags that model weights may have, and the targets of ``convert --dtype``
+FLOAT_TAGS = ("F32", "F16", "BF16")
 _MAX_HEADER = 100 * 1024 * 1024
 
 
 class CheckpointError(ValueError):
     """A checkpoint file that is missing, corrupt, or does not match the model."""
+
+
+def tensor_nbytes(dtype: str, shape: tuple[int, ...]) -> int:
+    """Bytes of a tensor of this dtype tag and shape."""
+    return int(np.prod(shape, dtype=np.int64)) * DTYPE_TO_NUMPY[dtype].itemsize
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,9 +87,6 @@ class TensorData:
             return self
         return TensorData.from_array(self.name, self.array().astype(np.float32) if dtype == "BF16" else self.array(), dtype)
 
-    def renamed(self, name: str) -> "TensorData":
-        return dataclasses.replace(self, name=name)
-
 
 @dataclasses.dataclass(frozen=True)
 class TensorInfo:
@@ -120,7 +126,7 @@ class SafetensorsFile:
             dtype, shape, (start, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
             if dtype not in DTYPE_TO_NUMPY:
                 raise CheckpointError(f"{self.path}: tensor {name} has unsupported dtype {dtype}")
-            expected = int(np.prod(shape, dtype=np.int64)) * DTYPE_TO_NUMPY[dtype].itemsize
+            expected = tensor_nbytes(dtype, shape)
             if end - start != expected:
                 raise CheckpointError(f"{self.path}: tensor {name} holds {end - start} bytes, its shape {list(shape)} {dtype} needs {expected}")
             if end > data_len:
@@ -173,33 +179,22 @@ def write_safetensors_streamed(path: str | os.PathLike, specs: list[tuple[str, s
     for name, dtype, shape in specs:
         if name in header:
             raise CheckpointError(f"duplicate tensor name {name} while writing {path}")
-        nbytes = int(np.prod(shape, dtype=np.int64)) * DTYPE_TO_NUMPY[dtype].itemsize
-        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
-        sizes.append(nbytes)
-        offset += nbytes
+        size = tensor_nbytes(dtype, shape)
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
+        sizes.append(size)
+        offset += size
     blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
     blob += b" " * (-len(blob) % 8)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     digests: dict[str, str] = {}
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(struct.pack("<Q", len(blob)))
-            fh.write(blob)
-            payloads = iter(payloads)
-            for (name, _, _), nbytes in zip(specs, sizes):
-                raw = np.ascontiguousarray(next(payloads)).view(np.uint8).reshape(-1)
-                if raw.size != nbytes:
-                    raise CheckpointError(f"tensor {name}: got {raw.size} bytes, its header needs {nbytes}")
-                view = memoryview(raw)
-                fh.write(view)
-                digests[name] = hashlib.sha256(view).hexdigest()
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path) as fh:
+        fh.write(struct.pack("<Q", len(blob)))
+        fh.write(blob)
+        payloads = iter(payloads)
+        for (name, _, _), size in zip(specs, sizes):
+            raw = np.ascontiguousarray(next(payloads)).view(np.uint8).reshape(-1)
+            if raw.size != size:
+                raise CheckpointError(f"tensor {name}: got {raw.size} bytes, its header needs {size}")
+            view = memoryview(raw)
+            fh.write(view)
+            digests[name] = hashlib.sha256(view).hexdigest()
     return digests
