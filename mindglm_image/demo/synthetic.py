@@ -23,7 +23,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from ..config.base import ConfigError, HFConfig, write_json_atomic
+from ..atomic import save_image_atomic, write_json_atomic, write_text_atomic
+from ..config.base import ConfigError, HFConfig
 from .palette import COLOURS, POSITIONS, SHAPE_KINDS, SHAPE_SCALE, TEXT_BAND, WORDS, font, text_colour
 
 #: draws without an item of the wanted split after which the config is declared unable to fill it
@@ -349,17 +350,8 @@ def demo_items(cfg: DemoDataConfig, split: str, edits: bool = False) -> Iterator
         yield f"{prefix}-{n:06d}", scene, edit if edit else caption(scene, template, phrasing)
 
 
-def save_image_atomic(img: Image.Image, path: Path) -> None:
-    """PNG via a temporary name and a rename: a killed writer never leaves half an image."""
-    tmp = path.with_name(f".{path.name}.partial")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
 def _write_jsonl_atomic(path: Path, records: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def _render_once(scene: Scene, path: Path) -> None:
