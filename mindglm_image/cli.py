@@ -47,8 +47,13 @@ def _generate(args: argparse.Namespace) -> int:
     from .pipeline.glm_image_pipeline import GlmImagePipeline, save_images
     from .runtime import default_compute_dtype, setup_runtime
 
+    from .training.lora import parse_lora_arg
+
     device = setup_runtime(args.device)
-    pipe = GlmImagePipeline.from_pretrained(args.model, dtype=default_compute_dtype(device))
+    pipe = GlmImagePipeline.from_pretrained(args.model, dtype=default_compute_dtype(device),
+                                            lora=[parse_lora_arg(v) for v in args.lora])
+    for source, scale, component in pipe.adapters:
+        print(f"LoRA {source} x{scale:g} merged into {component}")
     sampling = pipe.sampling_config(seed=args.seed, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
     if args.greedy:
         sampling = SamplingConfig(do_sample=False, seed=args.seed)
@@ -68,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model folder (official Hugging Face layout or converted)")
     p.add_argument("--prompt", required=True, action="append", help="prompt; repeat for a batch")
     p.add_argument("--image", action="append", default=[], help="reference image (repeat for several)")
+    p.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
+                   help="PEFT LoRA adapter folder for the DiT or the AR model, scale 1 by default (repeat for several)")
     p.add_argument("--height", type=int, default=1024, help="pixels, a multiple of 32")
     p.add_argument("--width", type=int, default=1024, help="pixels, a multiple of 32")
     p.add_argument("--steps", type=int, default=50, help="denoising steps")
