@@ -66,6 +66,26 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare_data(args: argparse.Namespace) -> int:
+    from .pipeline.glm_image_pipeline import GlmImagePipeline
+    from .runtime import default_compute_dtype, setup_runtime
+    from .training.data import PrepareDataConfig, PreparedDataset, prepare_dataset, read_dataset
+
+    config = PrepareDataConfig(resolution=args.resolution, min_side=args.min_side, max_aspect=args.max_aspect,
+                               shard_size=args.shard_size)
+    config.validate()
+    read_dataset(args.data)  # a wrong path or an empty dataset fails before the model loads
+    device = setup_runtime(args.device)
+    pipe = GlmImagePipeline.from_pretrained(args.model, dtype=default_compute_dtype(device))
+    out = prepare_dataset(args.data, args.model, args.out, config, pipe=pipe, overwrite=args.overwrite)
+    ds = PreparedDataset(out)
+    buckets = ", ".join(f"{h}x{w}: {len(i)}" for (h, w), i in sorted(ds.buckets().items()))
+    print(f"prepared {len(ds)} samples in {out} (buckets {buckets}); skipped {len(ds.skipped)}")
+    for item in ds.skipped:
+        print(f"  skipped {item['id']}: {item['reason']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mindglm-image", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -104,6 +124,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed of the weights")
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty folder")
     p.set_defaults(func=_make_tiny)
+    p = sub.add_parser("prepare-data", help="pre-encode a training dataset (.jsonl or image folder) into shards")
+    p.add_argument("--data", required=True, help=".jsonl (image+caption, or source+instruction+target) or a folder "
+                                                 "of images with same-named .txt captions")
+    p.add_argument("--model", required=True, help="model folder whose cells encode the data")
+    p.add_argument("--out", required=True, help="output folder (resumed if a run was killed)")
+    p.add_argument("--resolution", type=int, default=1024, help="bucket area is about RESOLUTION^2 pixels")
+    p.add_argument("--min-side", type=int, default=256, help="skip images whose shorter side is smaller")
+    p.add_argument("--max-aspect", type=float, default=3.0, help="widest bucket aspect ratio")
+    p.add_argument("--shard-size", type=int, default=64, help="samples per shard (and per resume point)")
+    p.add_argument("--overwrite", action="store_true", help="replace a prepared dataset of other data/options")
+    p.add_argument("--device", default=None, help="CPU or Ascend (default: $MINDGLM_DEVICE or CPU)")
+    p.set_defaults(func=_prepare_data)
     return parser
 
 
