@@ -114,3 +114,20 @@ def test_targets_and_errors(tiny, tmp_path):
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
         load_adapter(tmp_path)
     assert parse_lora_arg("a/b:0.5") == ("a/b", 0.5) and parse_lora_arg("a/b") == ("a/b", 1.0)
+
+
+def test_adapter_merges_into_bf16_weights(tiny, tmp_path):
+    """The Ascend path: bf16 cells take the update in fp32, rounded once to bf16 (CPU runs no bf16 matmul,
+    so only the weights are checked)."""
+    dit = _dit(tiny)
+    cfg = LoraConfig(r=2, target_modules=["to_q"])
+    inject_lora(dit, cfg, "transformer")
+    _randomise_b(dit)
+    save_adapter(dit, tmp_path / "a", cfg, "transformer")
+    expected = merged_state(dit)
+    bf16 = load_component(COMPONENTS["transformer"], tiny / "transformer", ms.bfloat16)
+    apply_adapter(bf16, load_adapter(tmp_path / "a"), "transformer")
+    w = "transformer_blocks.1.attn1.to_q.weight"
+    got = bf16.parameters_dict()[w]
+    assert got.dtype == ms.bfloat16
+    np.testing.assert_array_equal(got.float().asnumpy(), TensorData.from_array(w, expected[w], "BF16").array())

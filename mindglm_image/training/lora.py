@@ -109,13 +109,11 @@ class LoraLinear(nn.Cell):
 
     def delta(self) -> np.ndarray:
         """scaling * B @ A, the update of ``weight`` (float32)."""
-        a = self.lora_A.weight.asnumpy().astype(np.float32)
-        b = self.lora_B.weight.asnumpy().astype(np.float32)
-        return np.float32(self.scaling) * (b @ a)
+        return np.float32(self.scaling) * (_f32(self.lora_B.weight) @ _f32(self.lora_A.weight))
 
     @property
     def merged(self) -> bool:
-        return float(self.lora_gate.asnumpy()) == 0.0
+        return float(_f32(self.lora_gate)) == 0.0
 
     def merge(self) -> None:
         if not self.merged:
@@ -128,8 +126,14 @@ class LoraLinear(nn.Cell):
             self.lora_gate.set_data(Tensor(1.0, self.lora_gate.dtype))
 
 
+def _f32(param: Parameter) -> np.ndarray:
+    """Host float32 copy (numpy has no bf16: such weights are cast on the device side first)."""
+    return param.float().asnumpy() if param.dtype == ms.bfloat16 else param.asnumpy().astype(np.float32)
+
+
 def _add_to_weight(weight: Parameter, delta: np.ndarray) -> None:
-    weight.set_data(Tensor(weight.asnumpy().astype(np.float32) + delta, weight.dtype))
+    """weight += delta in float32, stored back in the weight's dtype (bf16 on Ascend)."""
+    weight.set_data(Tensor(_f32(weight) + delta, weight.dtype))
 
 
 def _linear_modules(cell: nn.Cell) -> dict[str, nn.Cell]:
@@ -218,16 +222,16 @@ def unmerge_lora(cell: nn.Cell) -> None:
 
 
 def merged_state(cell: nn.Cell) -> dict[str, np.ndarray]:
-    """The plain model's parameters (original names) with every unmerged LoRA update folded in."""
+    """The plain model's parameters (original names, float32) with every unmerged LoRA update folded in."""
     lora = lora_modules(cell)
     out = {}
     for name, param in cell.parameters_and_names():
         if name.endswith((".lora_A.weight", ".lora_B.weight", ".lora_gate")):
             continue
         module, _, leaf = name.rpartition(".")
-        value = param.asnumpy()
+        value = _f32(param)
         if module in lora and leaf == "weight" and not lora[module].merged:
-            value = (value.astype(np.float32) + lora[module].delta()).astype(value.dtype)
+            value = value + lora[module].delta()
         out[name] = value
     return out
 
@@ -258,8 +262,8 @@ def save_adapter(cell: nn.Cell, folder: str | Path, config: LoraConfig, componen
     tensors = []
     for name, module in modules.items():
         key = PEFT_PREFIX + spec.ms_to_hf(name)
-        tensors.append(TensorData.from_array(f"{key}.lora_A.weight", module.lora_A.weight.asnumpy().astype(np.float32)))
-        tensors.append(TensorData.from_array(f"{key}.lora_B.weight", module.lora_B.weight.asnumpy().astype(np.float32)))
+        tensors.append(TensorData.from_array(f"{key}.lora_A.weight", _f32(module.lora_A.weight)))
+        tensors.append(TensorData.from_array(f"{key}.lora_B.weight", _f32(module.lora_B.weight)))
     targets = config.target_modules if config.target_modules is not None else list(DEFAULT_TARGETS[component])
     peft_config = {"peft_type": "LORA", "task_type": None, "base_model_name_or_path": base_model_name_or_path,
                    "inference_mode": True, "init_lora_weights": True, "modules_to_save": None,
