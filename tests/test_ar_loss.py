@@ -10,6 +10,7 @@ from mindspore import nn, ops
 from parity_utils import assert_parity, load_converted
 
 from mindglm_image.training.ar_loss import ARSFTLoss, ar_trainable_parameters, collate_ar, sequence_positions
+from mindglm_image.training.lora import load_adapter, load_adapter_into, lora_modules, lora_parameters
 
 PAD = 299  # as tests/reference/ar_text.py
 
@@ -62,6 +63,27 @@ def test_loss_and_every_gradient_equal_torch_autograd(ref, parity_report):
         worst = max(worst, assert_parity(parity_report, "training/ar_sft_grads", grad.asnumpy(), data[f"grad:{name}"]))
     assert worst > 0  # the comparison really ran over every tensor
     model.set_train(False)
+
+
+@pytest.mark.parity
+def test_lora_loss_and_gradients_equal_peft_autograd(ref, reference_fixture, parity_report, tmp_path):
+    """AR SFT with LoRA: the adapter PEFT trained from loads into our model; loss and every lora_A/lora_B
+    gradient equal torch autograd through PEFT's LoRA layers."""
+    folder = reference_fixture("ar_sft")
+    data = ref[1]
+    model = load_converted("vision_language_encoder", folder / "vision_language_encoder", tmp_path)
+    load_adapter_into(model, load_adapter(folder / "ar_lora"), "vision_language_encoder")
+    params = lora_parameters(model)
+    names = [f"{m}.lora_{x}" for m in lora_modules(model) for x in "AB"]  # lora_parameters' order
+    expected = {k[len("lora_grad:"):]: v for k, v in data.items() if k.startswith("lora_grad:")}
+    assert len(params) == len(expected) == 2 * 4 * model.config.text_config.num_hidden_layers
+    model.set_train(True)
+    loss, grads = LossAndGrads(ARSFTLoss(model), params)(*collate_ar(_samples(data), model.config, PAD,
+                                                                     length=data["ids"].shape[1]))
+    assert_parity(parity_report, "training/ar_sft_lora_loss", loss.asnumpy(), data["lora_loss"])
+    assert abs(float(data["lora_loss"]) - float(data["loss"])) > 1e-3  # the adapter changes the loss
+    for name, grad in zip(names, grads):
+        assert_parity(parity_report, "training/ar_sft_lora_grads", grad.asnumpy(), expected[name])
 
 
 def test_bad_samples_are_named(ref):

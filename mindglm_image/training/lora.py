@@ -312,7 +312,7 @@ def load_adapter(folder: str | Path) -> LoraAdapter:
 def adapter_component(adapter: LoraAdapter, cells: dict[str, nn.Cell]) -> str:
     """Which of ``cells`` (component name -> cell) the adapter's modules belong to."""
     for component, cell in cells.items():
-        params = cell.parameters_dict()
+        params = dict(cell.parameters_and_names())
         spec = COMPONENTS[component]
         if all(f"{spec.hf_to_ms(m)}.weight" in params for m in adapter.weights):
             return component
@@ -325,7 +325,8 @@ def apply_adapter(cell: nn.Cell, adapter: LoraAdapter, component: str, scale: fl
 
     Every module and shape is checked before any weight changes."""
     spec = COMPONENTS[component]
-    params = cell.parameters_dict()
+    # names from the cell tree: a Parameter's own name gains a prefix once the cell is wrapped (loss cell)
+    params = dict(cell.parameters_and_names())
     plan = []
     for module in adapter.weights:
         name = f"{spec.hf_to_ms(module)}.weight"

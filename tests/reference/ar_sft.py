@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from ar_text import CONFIG, END, PAD, VISION_IDS, prompts, randomize
 from common import out_dir, save_arrays, seed_all
+from peft import LoraConfig, get_peft_model
 from transformers import GlmImageConfig, GlmImageForConditionalGeneration
 
 IGNORE = -100
@@ -52,12 +53,30 @@ def main() -> None:
         arrays.update({f"sample{b}_ids": torch.tensor(seq), f"sample{b}_labels": torch.tensor(lab),
                        f"sample{b}_grids": torch.tensor(grids)})
 
+    def sft_loss(m) -> torch.Tensor:
+        logits = m(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE)
+
     model.train()
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
-    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE)
+    loss = sft_loss(model)
     loss.backward()
     grads = {f"grad:{name}": p.grad for name, p in model.named_parameters() if p.grad is not None}
-    save_arrays(out / "ar_sft.npz", ids=ids, labels=labels, mask=mask, positions=positions, loss=loss, **arrays, **grads)
+
+    model.zero_grad()
+    lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
+                                            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    with torch.no_grad():
+        for name, p in lora.named_parameters():
+            if "lora_" in name:
+                p.copy_(0.2 * torch.randn_like(p))
+    lora.save_pretrained(out / "ar_lora")
+    lora_loss = sft_loss(lora)
+    lora_loss.backward()
+    prefix, suffix = "base_model.model.", ".default.weight"
+    lora_grads = {f"lora_grad:{name[len(prefix):-len(suffix)]}": p.grad for name, p in lora.named_parameters()
+                  if "lora_" in name}
+    save_arrays(out / "ar_sft.npz", ids=ids, labels=labels, mask=mask, positions=positions, loss=loss,
+                lora_loss=lora_loss, **arrays, **grads, **lora_grads)
 
 
 if __name__ == "__main__":
