@@ -3,29 +3,15 @@ and the loss and every parameter gradient (MindSpore grad in graph mode) equal t
 transformers' GlmImageForConditionalGeneration with the same masked next-token CE written in torch."""
 from __future__ import annotations
 
-import mindspore as ms
 import numpy as np
 import pytest
-from mindspore import nn, ops
+from grad_utils import LossAndGrads
 from parity_utils import assert_parity, load_converted
 
 from mindglm_image.training.ar_loss import ARSFTLoss, ar_trainable_parameters, collate_ar, sequence_positions
 from mindglm_image.training.lora import load_adapter, load_adapter_into, lora_modules, lora_parameters
 
 PAD = 299  # as tests/reference/ar_text.py
-
-
-class LossAndGrads(nn.Cell):
-    """Loss and the gradients of ``params`` in one compiled graph."""
-
-    def __init__(self, loss: nn.Cell, params):
-        super().__init__()
-        self.loss = loss
-        self.params = ms.ParameterTuple(params)
-        self.grad = ops.GradOperation(get_by_list=True)
-
-    def construct(self, *batch):
-        return self.loss(*batch), self.grad(self.loss, self.params)(*batch)
 
 
 @pytest.fixture(scope="module")
