@@ -86,6 +86,18 @@ def _prepare_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _merge_lora(args: argparse.Namespace) -> int:
+    from .runtime import setup_runtime
+    from .training.lora import merge_adapters_into_folder, parse_lora_arg
+
+    setup_runtime(args.device)
+    for source, scale, component in merge_adapters_into_folder(args.model, [parse_lora_arg(v) for v in args.lora],
+                                                               args.out):
+        print(f"LoRA {source} x{scale:g} merged into {component}")
+    print(f"wrote the merged model to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mindglm-image", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -136,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a prepared dataset of other data/options")
     p.add_argument("--device", default=None, help="CPU or Ascend (default: $MINDGLM_DEVICE or CPU)")
     p.set_defaults(func=_prepare_data)
+    p = sub.add_parser("merge-lora", help="write a model folder (official layout) with LoRA adapters merged in")
+    p.add_argument("--model", required=True, help="model folder (official Hugging Face layout or converted)")
+    p.add_argument("--lora", required=True, action="append", metavar="PATH[:SCALE]",
+                   help="PEFT LoRA adapter folder for the DiT or the AR model (repeat for several)")
+    p.add_argument("--out", required=True, help="output model folder (written atomically)")
+    p.add_argument("--device", default=None, help="CPU or Ascend (default: $MINDGLM_DEVICE or CPU)")
+    p.set_defaults(func=_merge_lora)
     return parser
 
 

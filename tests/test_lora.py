@@ -8,14 +8,15 @@ import mindspore as ms
 import numpy as np
 import pytest
 
+from mindglm_image.cli import main
+from mindglm_image.models.dit.transformer import transformer_inputs
 from mindglm_image.tiny_model import make_tiny_model
 from mindglm_image.training.lora import (LoraConfig, apply_adapter, inject_lora, load_adapter, load_adapter_into,
                                          lora_modules, lora_parameters, merge_lora, merged_state, parse_lora_arg,
                                          save_adapter, save_merged_model, unmerge_lora)
-from mindglm_image.weights.components import COMPONENTS, load_component
 from mindglm_image.weights.checkpoint import ShardedCheckpoint
+from mindglm_image.weights.components import COMPONENTS, load_component
 from mindglm_image.weights.safetensors_io import SafetensorsFile, TensorData
-from mindglm_image.models.dit.transformer import transformer_inputs
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +97,10 @@ def test_injection_zero_init_merge_and_round_trip(tiny, tmp_path):
     np.testing.assert_array_equal(ckpt.get(w).array(), TensorData.from_array(w, folded[w], "BF16").array())
     reloaded = load_component(COMPONENTS["transformer"], out / "transformer")
     assert set(reloaded.parameters_dict()) == set(folded)
+    # the same through the CLI, from the adapter folder
+    assert main(["merge-lora", "--model", str(tiny), "--lora", str(tmp_path / "adapter"), "--out", str(tmp_path / "cli")]) == 0
+    np.testing.assert_array_equal(ShardedCheckpoint(tmp_path / "cli" / "transformer", "diffusion_pytorch_model").get(w).array(),
+                                  ckpt.get(w).array())
 
 
 def test_targets_and_errors(tiny, tmp_path):

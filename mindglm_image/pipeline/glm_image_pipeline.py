@@ -28,7 +28,7 @@ from ..processor.byt5_tokenizer import ByT5Tokenizer
 from ..processor.image_processing import GlmImageImageProcessorConfig, load_image, preprocess_images
 from ..processor.prompt import GRID_FACTOR, PromptProcessor
 from ..scheduler.flow_match import FlowMatchEulerScheduler
-from ..training.lora import adapter_component, apply_adapter, load_adapter
+from ..training.lora import apply_adapters
 from ..weights.components import COMPONENTS, load_component
 from .denoise import DenoiseConfig, denoise
 from .vae_image import vae_input
@@ -101,18 +101,8 @@ class GlmImagePipeline:
         self.glyph = GlyphEncoder(self.text_encoder, ByT5Tokenizer.from_pretrained(folder / "tokenizer"))
         self.generator = PriorGenerator(self.vision_language_encoder, prior_cfg)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        self.adapters = self._apply_adapters(lora)
-
-    def _apply_adapters(self, lora: Sequence[tuple[str | Path, float]]) -> list[tuple[str, float, str]]:
-        """Read every adapter first (a bad one fails before any weight changes), then merge them in order."""
-        cells = {"transformer": self.transformer, "vision_language_encoder": self.vision_language_encoder}
-        loaded = []
-        for path, scale in lora:
-            adapter = load_adapter(path)
-            loaded.append((adapter, float(scale), adapter_component(adapter, cells)))
-        for adapter, scale, component in loaded:
-            apply_adapter(cells[component], adapter, component, scale)
-        return [(adapter.source, scale, component) for adapter, scale, component in loaded]
+        self.adapters = apply_adapters({"transformer": self.transformer,
+                                        "vision_language_encoder": self.vision_language_encoder}, lora)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, **kwargs) -> "GlmImagePipeline":

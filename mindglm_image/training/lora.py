@@ -19,6 +19,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import mindspore as ms
@@ -31,7 +32,7 @@ from ckpt_convert.convert import replace_dir
 from ..config.base import ConfigError, HFConfig, write_json_atomic
 from ..models.layers import Linear
 from ..weights.checkpoint import ShardedCheckpoint
-from ..weights.components import COMPONENTS, MS_STEM, ComponentSpec
+from ..weights.components import COMPONENTS, MS_STEM, ComponentSpec, build_cell, load_component, load_config
 from ..weights.safetensors_io import CheckpointError, SafetensorsFile, TensorData, write_safetensors
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -342,6 +343,19 @@ def apply_adapter(cell: nn.Cell, adapter: LoraAdapter, component: str, scale: fl
         _add_to_weight(param, np.float32(scale) * adapter.delta(module))
 
 
+def apply_adapters(cells: dict[str, nn.Cell], lora: Sequence[tuple[str | Path, float]]) -> list[tuple[str, float, str]]:
+    """Merge ``(folder, scale)`` adapters into ``cells`` (component name -> cell), each into the component its
+    modules belong to. Every adapter is read and matched first, so a bad one fails before any weight
+    changes. Returns (source, scale, component) per adapter."""
+    loaded = []
+    for path, scale in lora:
+        adapter = load_adapter(path)
+        loaded.append((adapter, float(scale), adapter_component(adapter, cells)))
+    for adapter, scale, component in loaded:
+        apply_adapter(cells[component], adapter, component, scale)
+    return [(adapter.source, scale, component) for adapter, scale, component in loaded]
+
+
 def load_adapter_into(cell: nn.Cell, adapter: LoraAdapter, component: str) -> None:
     """Inject LoRA modules matching the adapter and set their A/B weights (to train on or evaluate unmerged)."""
     spec = COMPONENTS[component]
@@ -409,6 +423,20 @@ def save_merged_model(src: str | Path, dst: str | Path, cells: dict[str, nn.Cell
         shutil.rmtree(work, ignore_errors=True)
         raise
     return dst
+
+
+def merge_adapters_into_folder(model: str | Path, lora: Sequence[tuple[str | Path, float]],
+                               out: str | Path) -> list[tuple[str, float, str]]:
+    """Write ``model`` with the adapters merged into ``out`` (official layout). Only the components the
+    adapters touch are loaded (fp32, merged exactly, then stored in the source dtype)."""
+    model = Path(model)
+    # parameter names and shapes only: cells built without weights say which component each adapter fits
+    shapes = {name: build_cell(COMPONENTS[name], load_config(COMPONENTS[name], model / name)) for name in DEFAULT_TARGETS}
+    needed = {adapter_component(load_adapter(path), shapes) for path, _ in lora}
+    cells = {name: load_component(COMPONENTS[name], model / name) for name in sorted(needed)}
+    applied = apply_adapters(cells, lora)
+    save_merged_model(model, out, cells)
+    return applied
 
 
 def _source_dtypes(spec: ComponentSpec, folder: Path) -> dict[str, str]:
