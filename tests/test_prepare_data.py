@@ -20,6 +20,7 @@ from mindglm_image.training.ar_loss import collate_ar
 from mindglm_image.training.data import (PrepareDataConfig, PreparedDataset, SampleEncoder, aspect_buckets,
                                          prepare_dataset, read_dataset)
 
+pytestmark = pytest.mark.slow
 CONFIG = PrepareDataConfig(resolution=64, min_side=32, shard_size=2)
 
 

@@ -24,6 +24,7 @@ import os
 import sys
 from pathlib import Path
 
+import mindspore as ms
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
@@ -151,6 +152,11 @@ def _read_jsonl(path: Path) -> list[RawSample]:
     return samples
 
 
+def _host_f32(x) -> np.ndarray:
+    """float32 numpy copy of a graph output (bf16 on Ascend, which numpy cannot hold)."""
+    return x.astype(ms.float32).asnumpy()
+
+
 class SampleEncoder:
     """Encodes one sample with a loaded ``GlmImagePipeline``'s cells, the way inference uses them."""
 
@@ -185,9 +191,11 @@ class SampleEncoder:
         model = self.pipe.vision_language_encoder.model
         return encode_reference_images(model.visual, model.vqmodel, processed.pixel_values, processed.image_grid_thw)
 
-    def _latents(self, image: Image.Image) -> np.ndarray:
-        pixels, _ = vae_input(image, self.pipe.vae_scale_factor * self.pipe.transformer.config.patch_size)
-        return normalize_latents(self.pipe.vae.encode_mode(pixels), self.pipe.vae.config).asnumpy()[0]
+    def _latents(self, image: Image.Image) -> tuple[np.ndarray, tuple[int, int]]:
+        """Normalised VAE latents (C, h/8, w/8) float32 of ``image`` as the pipeline encodes it, and (h, w)."""
+        pixels, size = vae_input(image, self.pipe.vae_scale_factor * self.pipe.transformer.config.patch_size)
+        latents = normalize_latents(self.pipe.vae.encode_mode(pixels), self.pipe.vae.config)
+        return _host_f32(latents)[0], size
 
     def __call__(self, sample: RawSample) -> dict[str, np.ndarray]:
         if sample.problem:
@@ -200,16 +208,14 @@ class SampleEncoder:
         target = fit_to_bucket(target, height, width)
         grid = TargetGrid.for_size(height, width)
         full = self._grid_ids(target, grid.height, grid.width)
-        out = {"latents": self._latents(target),
+        out = {"latents": self._latents(target)[0],
                "prior_ids": upsample_prior_tokens(full, grid.height, grid.width).reshape(-1).astype(np.int32),
-               "glyph": self.pipe.glyph.encode(sample.text).asnumpy()[0].astype(np.float32),
+               "glyph": _host_f32(self.pipe.glyph.encode(sample.text))[0],
                "size": np.array([height, width], np.int32)}
         if sources:
             ref_ids, grids, upsampled = self.pipe.encode_references([sources])
             for k, (img, ids) in enumerate(zip(sources, upsampled[0])):
-                pixels, size = vae_input(img, self.pipe.vae_scale_factor * self.pipe.transformer.config.patch_size)
-                out[f"ref_latents_{k}"] = normalize_latents(self.pipe.vae.encode_mode(pixels),
-                                                            self.pipe.vae.config).asnumpy()[0]
+                out[f"ref_latents_{k}"], size = self._latents(img)
                 out[f"ref_prior_ids_{k}"] = np.asarray(ids, np.int32)
                 out[f"ref_size_{k}"] = np.array(size, np.int32)
             batch = self.pipe.prompts([sample.text], height, width, grids)
