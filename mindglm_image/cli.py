@@ -65,17 +65,24 @@ def _check_demo(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from .generation.sampling import SamplingConfig
     from .atomic import save_image_atomic
+    from .generation.sampling import SamplingConfig
     from .pipeline.glm_image_pipeline import GlmImagePipeline
     from .runtime import default_compute_dtype, setup_runtime
+    from .training.lora import ADAPTER_CONFIG, parse_lora_arg
 
     if args.steps < 1:
         raise ValueError(f"--steps {args.steps}: the number of denoising steps must be at least 1")
     paths = output_paths(Path(args.out), len(args.prompt) * args.num_images)
     check_output_paths(paths, args.overwrite)
+    adapters = [parse_lora_arg(v) for v in args.lora]
+    for path, _ in adapters:
+        if not (Path(path) / ADAPTER_CONFIG).is_file():
+            raise FileNotFoundError(f"--lora {path}: no {ADAPTER_CONFIG} there; give a PEFT adapter folder")
     device = setup_runtime(args.device)
-    pipe = GlmImagePipeline.from_pretrained(args.model, dtype=default_compute_dtype(device))
+    pipe = GlmImagePipeline.from_pretrained(args.model, dtype=default_compute_dtype(device), lora=adapters)
+    for source, scale, component in pipe.adapters:
+        print(f"LoRA {source} x{scale:g} merged into {component}")
     sampling = pipe.sampling_config(seed=args.seed, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
     if args.greedy:
         sampling = SamplingConfig(do_sample=False, seed=args.seed)
@@ -118,6 +125,36 @@ def check_output_paths(paths: list[Path], overwrite: bool) -> None:
             tempfile.TemporaryFile(dir=folder).close()
         except OSError as err:
             raise PermissionError(f"--out {path}: cannot write in {folder} ({err.strerror})") from err
+def _prepare_data(args: argparse.Namespace) -> int:
+    from .pipeline.glm_image_pipeline import GlmImagePipeline
+    from .runtime import default_compute_dtype, setup_runtime
+    from .training.data import PrepareDataConfig, PreparedDataset, prepare_dataset, read_dataset
+
+    config = PrepareDataConfig(resolution=args.resolution, min_side=args.min_side, max_aspect=args.max_aspect,
+                               shard_size=args.shard_size)
+    config.validate()
+    read_dataset(args.data)  # a wrong path or an empty dataset fails before the model loads
+    device = setup_runtime(args.device)
+    pipe = GlmImagePipeline.from_pretrained(args.model, dtype=default_compute_dtype(device))
+    out = prepare_dataset(args.data, args.model, args.out, config, pipe=pipe, overwrite=args.overwrite)
+    ds = PreparedDataset(out)
+    buckets = ", ".join(f"{h}x{w}: {len(i)}" for (h, w), i in sorted(ds.buckets().items()))
+    print(f"prepared {len(ds)} samples in {out} (buckets {buckets}); skipped {len(ds.skipped)}")
+    for item in ds.skipped:
+        print(f"  skipped {item['id']}: {item['reason']}")
+    return 0
+
+
+def _merge_lora(args: argparse.Namespace) -> int:
+    from .runtime import setup_runtime
+    from .training.lora import merge_adapters_into_folder, parse_lora_arg
+
+    setup_runtime(args.device)
+    for source, scale, component in merge_adapters_into_folder(args.model, [parse_lora_arg(v) for v in args.lora],
+                                                               args.out):
+        print(f"LoRA {source} x{scale:g} merged into {component}")
+    print(f"wrote the merged model to {args.out}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model folder (official Hugging Face layout or converted)")
     p.add_argument("--prompt", required=True, action="append", help="prompt; repeat for a batch")
     p.add_argument("--image", action="append", default=[], help="reference image (repeat for several)")
+    p.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
+                   help="PEFT LoRA adapter folder for the DiT or the AR model, scale 1 by default (repeat for several)")
     p.add_argument("--height", type=int, default=1024, help="pixels, a multiple of 32")
     p.add_argument("--width", type=int, default=1024, help="pixels, a multiple of 32")
     p.add_argument("--steps", type=int, default=50, help="denoising steps")
@@ -176,6 +215,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("jsonl", help="demo .jsonl (records with spec, caption or prompt)")
     p.add_argument("--images", default=None, help="folder of <id>.png to score (default: the records' own images)")
     p.set_defaults(func=_check_demo)
+    p = sub.add_parser("prepare-data", help="pre-encode a training dataset (.jsonl or image folder) into shards")
+    p.add_argument("--data", required=True, help=".jsonl (image+caption, or source+instruction+target) or a folder "
+                                                 "of images with same-named .txt captions")
+    p.add_argument("--model", required=True, help="model folder whose cells encode the data")
+    p.add_argument("--out", required=True, help="output folder (resumed if a run was killed)")
+    p.add_argument("--resolution", type=int, default=1024, help="bucket area is about RESOLUTION^2 pixels")
+    p.add_argument("--min-side", type=int, default=256, help="skip images whose shorter side is smaller")
+    p.add_argument("--max-aspect", type=float, default=3.0, help="widest bucket aspect ratio")
+    p.add_argument("--shard-size", type=int, default=64, help="samples per shard (and per resume point)")
+    p.add_argument("--overwrite", action="store_true", help="replace a prepared dataset of other data/options")
+    p.add_argument("--device", default=None, help="CPU or Ascend (default: $MINDGLM_DEVICE or CPU)")
+    p.set_defaults(func=_prepare_data)
+    p = sub.add_parser("merge-lora", help="write a model folder (official layout) with LoRA adapters merged in")
+    p.add_argument("--model", required=True, help="model folder (official Hugging Face layout or converted)")
+    p.add_argument("--lora", required=True, action="append", metavar="PATH[:SCALE]",
+                   help="PEFT LoRA adapter folder for the DiT or the AR model (repeat for several)")
+    p.add_argument("--out", required=True, help="output model folder (written atomically)")
+    p.add_argument("--device", default=None, help="CPU or Ascend (default: $MINDGLM_DEVICE or CPU)")
+    p.set_defaults(func=_merge_lora)
     return parser
 
 

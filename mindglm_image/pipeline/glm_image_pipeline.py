@@ -28,6 +28,7 @@ from ..processor.byt5_tokenizer import ByT5Tokenizer
 from ..processor.image_processing import GlmImageImageProcessorConfig, load_image, preprocess_images
 from ..processor.prompt import GRID_FACTOR, PromptProcessor
 from ..scheduler.flow_match import FlowMatchEulerScheduler
+from ..training.lora import apply_adapters
 from ..weights.components import COMPONENTS, load_component
 from .denoise import DenoiseConfig, denoise
 from .vae_image import vae_input
@@ -79,7 +80,10 @@ class GlmImagePipeline:
     """Loads a model folder (official Hugging Face layout or our converted one) and generates images."""
 
     def __init__(self, folder: Path, dtype: ms.Type = ms.float32, limits: SizeLimits = SizeLimits(),
-                 prior_cfg: PriorGenerationConfig = PriorGenerationConfig()):
+                 prior_cfg: PriorGenerationConfig = PriorGenerationConfig(),
+                 lora: Sequence[tuple[str | Path, float]] = ()):
+        """``lora``: PEFT-format LoRA adapters ``(folder, scale)`` for the DiT or the AR model (each goes to
+        the model its module names belong to), merged into the weights once at load."""
         self.folder = folder
         missing = [p for p in ("model_index.json", *REQUIRED_PARTS) if not (folder / p).exists()]
         if missing:
@@ -97,6 +101,8 @@ class GlmImagePipeline:
         self.glyph = GlyphEncoder(self.text_encoder, ByT5Tokenizer.from_pretrained(folder / "tokenizer"))
         self.generator = PriorGenerator(self.vision_language_encoder, prior_cfg)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.adapters = apply_adapters({"transformer": self.transformer,
+                                        "vision_language_encoder": self.vision_language_encoder}, lora)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, **kwargs) -> "GlmImagePipeline":

@@ -1,0 +1,1 @@
+"""Training: LoRA, losses, prepared datasets (see the README section on training)."""
