@@ -18,6 +18,12 @@ setup(
         "tqdm>=4.60",
         "jinja2>=3.1",  # renders the checkpoint's chat template exactly as transformers does
     ],
-    extras_require={"test": ["pytest>=8"]},
+    extras_require={
+        # the OpenAI-compatible images server (mindglm-image serve)
+        "serve": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9", "prometheus_client>=0.20"],
+        # the server's tests call it with the official openai client
+        "test": ["pytest>=8", "openai>=1.40", "fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9",
+                 "prometheus_client>=0.20"],
+    },
     entry_points={"console_scripts": ["mindglm-image=mindglm_image.cli:main"]},
 )
