@@ -63,14 +63,16 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     import dataclasses
+    import json
     import os
+    from pathlib import Path
 
     from .serving.settings import ServerConfig
 
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServerConfig)
                  if getattr(args, f.name, None) is not None}
     overrides.setdefault("api_key", os.environ.get("MINDGLM_API_KEY") or None)
-    values = ServerConfig.from_json_file(args.config).to_dict() if args.config else {}
+    values = json.loads(Path(args.config).read_text(encoding="utf-8")) if args.config else {}
     cfg = ServerConfig.from_dict({**values, **{k: v for k, v in overrides.items() if v is not None}})
     from .serving.app import serve
 
