@@ -133,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-side", dest="max_side", type=int, help="largest generated side (default 2048)")
     p.add_argument("--default-size", dest="default_size", help="size when a request gives none (WxH)")
     p.add_argument("--default-steps", dest="default_steps", type=int, help="steps when a request gives none")
+    p.add_argument("--warmup", action="store_true", default=None, help="compile every batch size at --default-size "
+                   "before reporting ready")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(func=_serve)
     return parser

@@ -24,6 +24,7 @@ from mindglm_image.serving.child_server import ChildServer, read_response
 from mindglm_image.tiny_model import make_tiny_model
 
 GEN = "/v1/images/generations"
+STAGES = ("ar", "denoise", "decode", "total")  # the server's per-batch stage timers (mindglm_stage_seconds)
 
 
 def run_clients(server: ChildServer, args, count: int, seed0: int) -> tuple[list[tuple[int, float]], list[str], int, float]:
@@ -109,14 +110,16 @@ def main() -> int:
         server = ChildServer(["--model", model, "--output-dir", str(Path(tmp) / "out"), "--queue-size",
                               str(args.queue_size), "--max-batch-images", str(args.max_batch_images),
                               "--min-side", "32", "--max-side", str(max(side, 32)), "--default-size", args.size,
-                              "--log-level", "warning"])
+                              "--warmup", "--log-level", "warning"])
+        started = time.monotonic()
         try:
-            server.wait_ready()
-            warm, _, _, warm_s = run_clients(server, args, 2 * args.clients, 10**6)  # compiles the batch shapes
-            print(f"warm-up: {len(warm)} requests in {warm_s:.1f} s (graph compilation)")
-            before = [server.metric(f"mindglm_batch_images_{k}") for k in ("sum", "count")]
+            server.wait_ready(timeout=args.time_limit)
+            print(f"server ready (every batch size compiled by --warmup) in {time.monotonic() - started:.1f} s")
+            names = [("mindglm_batch_images_sum", ""), ("mindglm_batch_images_count", "")]
+            names += [("mindglm_stage_seconds_sum", f'stage="{stage}"') for stage in STAGES]
+            before = [server.metric(*name) for name in names]
             results, lost, retries, wall = run_clients(server, args, args.requests, 0)
-            batches = [server.metric(f"mindglm_batch_images_{k}") - b for k, b in zip(("sum", "count"), before)]
+            delta = [server.metric(*name) - b for name, b in zip(names, before)]
             freed = disconnect_frees_slot(server, args)
         finally:
             code = server.stop()
@@ -126,7 +129,8 @@ def main() -> int:
         "clients": args.clients, "requests": args.requests, "answered": len(results), "lost": len(lost),
         "statuses": statuses, "retried_429": retries, "wall_s": round(wall, 2),
         "latency_s": {f"p{p}": round(float(np.percentile(ok, p)), 3) for p in (50, 90, 99)} if ok.size else {},
-        "images_per_min": round(60 * ok.size / wall, 1), "mean_batch_images": round(batches[0] / max(batches[1], 1), 2),
+        "images_per_min": round(60 * ok.size / wall, 1), "mean_batch_images": round(delta[0] / max(delta[1], 1), 2),
+        "server_seconds_per_batch": {stage: round(v / max(delta[1], 1), 2) for stage, v in zip(STAGES, delta[2:])},
         "disconnect_frees_slot": freed, "server_exit": code,
     }
     print(json.dumps(figures, indent=2))

@@ -8,7 +8,6 @@ import io
 import json
 import signal
 import threading
-from pathlib import Path
 
 import numpy as np
 import openai
@@ -90,9 +89,6 @@ def test_edit_with_two_images_as_url(client, server):
     assert np.asarray(Image.open(io.BytesIO(body))).shape == (64, 64, 3)
     for path in ("/v1/images/files/..%2F..%2Fetc%2Fpasswd", "/v1/images/files/serve.json", f"/v1/images/files/{name[:-4]}"):
         assert server.request("GET", path, headers={})[0] == 404
-
-
-_BIG = {"prompt": "x", "size": "64x64"}
 
 
 @pytest.mark.parametrize("body, status, code, param", [

@@ -11,7 +11,6 @@ import base64
 import contextlib
 import functools
 import io
-import logging
 import time
 from collections.abc import Callable
 
@@ -30,13 +29,9 @@ from .schemas import ImageRequest, parse_image, parse_json_body, parse_request
 from .settings import ServerConfig
 from .storage import ImageStore
 
-log = logging.getLogger("mindglm_image.serving")
-
 #: request paths counted under their own label in ``mindglm_requests`` (all others: "other")
 _ENDPOINTS = ("/v1/images/generations", "/v1/images/edits", "/v1/models", "/health/live", "/health/ready",
               "/metrics")
-#: how often a waiting handler checks whether its client is still connected (seconds)
-_POLL_S = 0.1
 #: room for the edit form's text fields on top of its images
 _FORM_OVERHEAD = 1024**2
 
@@ -127,19 +122,18 @@ def create_app(cfg: ServerConfig, load: Callable[[], object] | None = None,
         except EngineStopped as err:
             raise ApiError(503, str(err), "unavailable") from None
         waiting = asyncio.wrap_future(job.future)
-        deadline = time.monotonic() + cfg.request_timeout_s
-        while not waiting.done():
-            await asyncio.wait({waiting}, timeout=_POLL_S)
-            if waiting.done():
-                break
-            if await request.is_disconnected():
-                engine.cancel(job, "disconnect")
-                waiting.cancel()
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            done, _ = await asyncio.wait({waiting, gone}, timeout=cfg.request_timeout_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if waiting not in done:
+            engine.cancel(job, "disconnect" if gone in done else "timeout")
+            waiting.cancel()
+            if gone in done:
                 return Response(status_code=499)  # nobody reads it; logged and counted as 499
-            if time.monotonic() > deadline:
-                engine.cancel(job, "timeout")
-                waiting.cancel()
-                raise ApiError(504, f"the request was not finished within {cfg.request_timeout_s} s", "timeout")
+            raise ApiError(504, f"the request was not finished within {cfg.request_timeout_s} s", "timeout")
         try:
             result = waiting.result()
         except EngineStopped as err:
@@ -221,6 +215,12 @@ def create_app(cfg: ServerConfig, load: Callable[[], object] | None = None,
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client hangs up (the body is read, so the next ASGI message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _png_base64(images) -> list[str]:

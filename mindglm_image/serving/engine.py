@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from .metrics import ServerMetrics
-from .schemas import ImageRequest
+from .schemas import ImageRequest, parse_size
 from .settings import ServerConfig
 
 log = logging.getLogger("mindglm_image.serving")
@@ -111,7 +111,8 @@ class GenerationEngine:
             if job in self._queue:
                 self._queue.remove(job)
                 self.metrics.queue_depth.set(len(self._queue))
-            self.metrics.dropped.labels(reason).inc()
+            if not job.future.done():
+                self.metrics.dropped.labels(reason).inc()
         job.settle(error=JobCancelled(reason))
 
     def begin_shutdown(self) -> None:
@@ -131,6 +132,8 @@ class GenerationEngine:
     def _run(self) -> None:
         try:
             pipe = self._load_pipeline()
+            if self.cfg.warmup:
+                self._warm_up(pipe)
         except BaseException as err:  # noqa: BLE001 - any load failure makes the server unusable; report it
             log.error("loading the model failed: %s", err)
             with self._cond:
@@ -153,6 +156,15 @@ class GenerationEngine:
                     return
                 batch = self._take_batch()
             self._generate(pipe, batch)
+
+    def _warm_up(self, pipe) -> None:
+        """Compile the graphs of every batch size at the default size (graph shapes depend on both)."""
+        height, width = parse_size(self.cfg.default_size, self.cfg)
+        for batch in range(1, self.cfg.max_batch_images + 1):
+            start = time.monotonic()
+            pipe(["warm-up"] * batch, height=height, width=width, num_inference_steps=1, seed=list(range(batch)),
+                 progress=False)
+            log.info("warm-up: batch of %d at %dx%d in %.1f s", batch, width, height, time.monotonic() - start)
 
     def _take_batch(self) -> list[Job]:
         """The oldest job plus queued jobs of the same batch key, up to ``max_batch_images`` images."""

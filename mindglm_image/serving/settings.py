@@ -34,6 +34,8 @@ class ServerConfig(HFConfig):
     default_steps: int = 50              # num_inference_steps when a request gives none
     max_steps: int = 100                 # num_inference_steps above this get 400
     default_guidance: float = 1.5        # guidance_scale when a request gives none
+    warmup: bool = False                 # before ready: one 1-step call per batch size 1..max_batch_images at
+                                         # default_size, so graph compilation is not paid by the first requests
 
     def validate(self) -> None:
         if not self.model:
