@@ -1,7 +1,9 @@
-"""The server's generation engine on a recording stand-in pipeline: what is batched together, what a cancel
-or a shutdown does to queued jobs (the real pipeline behind real HTTP is in tests/test_serve.py)."""
+"""The server's generation engine on a recording stand-in pipeline: what is batched together, what a cancel,
+a timeout or a shutdown does to queued jobs (the real pipeline behind real HTTP is in tests/test_serve.py)."""
 from __future__ import annotations
 
+import asyncio
+import json
 import threading
 
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 from PIL import Image
 
 from mindglm_image.pipeline.glm_image_pipeline import PipelineOutput, Timings
+from mindglm_image.serving.app import create_app
 from mindglm_image.serving.engine import EngineStopped, GenerationEngine, JobCancelled, QueueFull
 from mindglm_image.serving.metrics import ServerMetrics
 from mindglm_image.serving.schemas import parse_request
@@ -90,3 +93,39 @@ def test_cancelled_job_leaves_the_queue_and_shutdown_fails_the_rest(engine):
     with pytest.raises(EngineStopped):                               # grace 0: the queued one is failed
         waiting.future.result(10)
     assert [c[0] for c in engine.pipe.calls] == [["running"]]
+
+
+def test_request_timeout_gives_504_and_leaves_the_queue(tmp_path):
+    """Through the app's ASGI interface (the client stays connected; the worker is busy past the timeout)."""
+    cfg = ServerConfig(model="unused", min_side=32, default_size="64x64", request_timeout_s=0.3,
+                       output_dir=str(tmp_path))
+    pipe = RecordingPipeline()
+    app = create_app(cfg, load=lambda: pipe)
+    engine = app.state.engine
+    engine.start()
+    busy = engine.submit(parse_request({"prompt": "busy"}, cfg))
+    pipe.running.wait(10)
+    messages = []
+
+    async def receive():
+        if not messages:
+            messages.append("sent")
+            return {"type": "http.request", "body": json.dumps({"prompt": "late"}).encode(), "more_body": False}
+        await asyncio.Event().wait()  # connected, silent
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/images/generations", "raw_path": b"/v1/images/generations",
+             "query_string": b"", "headers": [(b"content-type", b"application/json")], "http_version": "1.1",
+             "scheme": "http", "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1), "root_path": ""}
+    asyncio.run(app(scope, receive, send))
+    error = json.loads(b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"))["error"]
+    assert sent[0]["status"] == 504 and error["code"] == "timeout" and error["type"] == "server_error"
+    assert engine.metrics.registry.get_sample_value("mindglm_queue_depth") == 0
+    assert engine.metrics.registry.get_sample_value("mindglm_requests_dropped_total", {"reason": "timeout"}) == 1
+    pipe.release.set()
+    assert len(busy.future.result(10).images) == 1
+    engine.shutdown(10)
