@@ -1,6 +1,9 @@
 """mindglm-image: MindSpore-native GLM-Image (AR prior generator + DiT decoder) for Ascend and CPU."""
 from setuptools import find_packages, setup
 
+#: the OpenAI-compatible images server (``mindglm-image serve``)
+SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9", "prometheus_client>=0.20"]
+
 setup(
     name="mindglm-image",
     version="0.1.0",
@@ -18,6 +21,6 @@ setup(
         "tqdm>=4.60",
         "jinja2>=3.1",  # renders the checkpoint's chat template exactly as transformers does
     ],
-    extras_require={"test": ["pytest>=8"]},
+    extras_require={"serve": SERVE, "test": ["pytest>=8", "openai>=1.40", *SERVE]},  # tests call the server with openai
     entry_points={"console_scripts": ["mindglm-image=mindglm_image.cli:main"]},
 )

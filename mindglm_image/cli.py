@@ -155,6 +155,22 @@ def _merge_lora(args: argparse.Namespace) -> int:
         print(f"LoRA {source} x{scale:g} merged into {component}")
     print(f"wrote the merged model to {args.out}")
     return 0
+def _serve(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+    import os
+    from pathlib import Path
+
+    from .serving.settings import ServerConfig
+
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServerConfig)
+                 if getattr(args, f.name, None) is not None}
+    overrides.setdefault("api_key", os.environ.get("MINDGLM_API_KEY") or None)
+    values = json.loads(Path(args.config).read_text(encoding="utf-8")) if args.config else {}
+    cfg = ServerConfig.from_dict({**values, **{k: v for k, v in overrides.items() if v is not None}})
+    from .serving.app import serve
+
+    return serve(cfg, log_level=args.log_level)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -234,6 +250,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output model folder (written atomically)")
     p.add_argument("--device", default=None, help="CPU or Ascend (default: $MINDGLM_DEVICE or CPU)")
     p.set_defaults(func=_merge_lora)
+    p = sub.add_parser("serve", help="OpenAI-compatible images server (/v1/images/generations, /v1/images/edits)")
+    p.add_argument("--config", default=None, help="JSON file of ServerConfig fields (flags override it)")
+    p.add_argument("--model", help="model folder (official Hugging Face layout or converted)")
+    p.add_argument("--model-name", dest="model_name", help="model id clients send (default glm-image)")
+    p.add_argument("--host", help="listen address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="listen port (default 8000)")
+    p.add_argument("--api-key", dest="api_key", help="require 'Authorization: Bearer KEY' (default: $MINDGLM_API_KEY)")
+    p.add_argument("--device", help="CPU or Ascend (default: $MINDGLM_DEVICE or CPU)")
+    p.add_argument("--output-dir", dest="output_dir", help="folder for response_format=url images")
+    p.add_argument("--queue-size", dest="queue_size", type=int, help="waiting requests before 429 (default 16)")
+    p.add_argument("--max-batch-images", dest="max_batch_images", type=int, help="images per pipeline call")
+    p.add_argument("--request-timeout", dest="request_timeout_s", type=float, help="seconds before 504")
+    p.add_argument("--shutdown-grace", dest="shutdown_grace_s", type=float, help="seconds queued requests still run "
+                   "after SIGTERM")
+    p.add_argument("--min-side", dest="min_side", type=int, help="smallest generated side (default 256)")
+    p.add_argument("--max-side", dest="max_side", type=int, help="largest generated side (default 2048)")
+    p.add_argument("--default-size", dest="default_size", help="size when a request gives none (WxH)")
+    p.add_argument("--default-steps", dest="default_steps", type=int, help="steps when a request gives none")
+    p.add_argument("--warmup", action="store_true", default=None, help="compile every batch size at --default-size "
+                   "before reporting ready")
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    p.set_defaults(func=_serve)
     return parser
 
 

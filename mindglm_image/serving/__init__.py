@@ -1,0 +1,1 @@
+"""OpenAI-compatible images server (``mindglm-image serve``)."""
