@@ -78,7 +78,7 @@ def _generate(args: argparse.Namespace) -> int:
     adapters = [parse_lora_arg(v) for v in args.lora]
     for path, _ in adapters:
         if not (Path(path) / ADAPTER_CONFIG).is_file():
-            raise FileNotFoundError(f"--lora {path}: no {ADAPTER_CONFIG} there; give a PEFT adapter folder")
+            raise FileNotFoundError(f"--lora {path} is not a PEFT adapter folder: it has no {ADAPTER_CONFIG}")
     device = setup_runtime(args.device)
     pipe = GlmImagePipeline.from_pretrained(args.model, dtype=default_compute_dtype(device), lora=adapters)
     for source, scale, component in pipe.adapters:
