@@ -1,0 +1,1 @@
+"""Training: configs, the AdamW+EMA optimizer, the shared train step, checkpoints, metrics, the loop, loss cells."""
