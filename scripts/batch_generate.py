@@ -9,27 +9,17 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
-import typing
-from pathlib import Path
 
 from mindglm_image.jobs.batch_generate import BatchJobConfig, distributed_rank, run_batch
+from mindglm_image.jobs.job_args import add_config_flags, config_from_args
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="job config JSON (fields of BatchJobConfig)")
-    hints = typing.get_type_hints(BatchJobConfig)
-    for field in dataclasses.fields(BatchJobConfig):
-        if field.name != "extra":
-            kind = next(t for t in (int, float, str) if t is hints[field.name] or t in typing.get_args(hints[field.name]))
-            parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=kind, default=None)
-    args = parser.parse_args(argv)
-    base = json.loads(Path(args.config).read_text(encoding="utf-8")) if args.config else {}
-    overrides = {k: v for k, v in vars(args).items() if k != "config" and v is not None}
-    cfg = BatchJobConfig.from_dict({**base, **overrides})
+    add_config_flags(parser, BatchJobConfig)
+    cfg = config_from_args(BatchJobConfig, parser.parse_args(argv))
 
     from mindglm_image.pipeline.glm_image_pipeline import GlmImagePipeline
     from mindglm_image.runtime import default_compute_dtype, setup_runtime

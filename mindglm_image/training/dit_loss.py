@@ -81,23 +81,28 @@ class DiTBatchMaker:
             raise ValueError("DiT training samples sigma = shift(t / num_train_timesteps); a scheduler with "
                              "invert_sigmas or shift_terminal has no per-sample sigma: use the model's own scheduler")
 
-    def draw(self, batch: int, latent_shape: tuple[int, ...], rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """Noise, integer timesteps, shifted sigmas and both dropout masks, in a fixed order of draws."""
-        n_train = self.scheduler.config.num_train_timesteps
-        t = rng.integers(self.loss.min_timestep, min(self.loss.max_timestep, n_train) + 1, size=batch)
-        noise = rng.standard_normal((batch, *latent_shape), dtype=np.float32)
-        drop_prior = rng.random(batch) < self.loss.prior_drop_prob
-        drop_glyph = rng.random(batch) < self.loss.glyph_drop_prob
+    def sigmas(self, timesteps: np.ndarray, latent_shape: tuple[int, ...]) -> np.ndarray:
+        """sigma of integer timesteps at this latent size: the scheduler's shift at that image's ``mu``."""
         cfg = self.scheduler.config
         mu = calculate_shift(image_seq_len(latent_shape[-2], latent_shape[-1], 1, self.config.patch_size),
                              cfg.base_image_seq_len, cfg.base_shift, cfg.max_shift)
-        sigma = self.scheduler.shift_sigmas(t.astype(np.float32) / np.float32(n_train), mu)
-        return {"timestep": t.astype(np.float32), "sigma": sigma.astype(np.float32), "noise": noise,
-                "drop_prior": drop_prior, "drop_glyph": drop_glyph}
+        return self.scheduler.shift_sigmas(timesteps.astype(np.float32) / np.float32(cfg.num_train_timesteps), mu)
 
-    def __call__(self, samples: list[dict], rng: np.random.Generator) -> tuple:
+    def draw(self, latent_shape: tuple[int, ...], rng: np.random.Generator) -> tuple[int, np.ndarray, bool, bool]:
+        """One sample's (timestep, noise, drop prior, drop glyph), drawn in this fixed order."""
+        high = min(self.loss.max_timestep, self.scheduler.config.num_train_timesteps)
+        t = int(rng.integers(self.loss.min_timestep, high + 1))
+        noise = rng.standard_normal(latent_shape, dtype=np.float32)
+        return t, noise, bool(rng.random() < self.loss.prior_drop_prob), bool(rng.random() < self.loss.glyph_drop_prob)
+
+    def __call__(self, samples: list[dict], rngs: list[np.random.Generator]) -> tuple:
+        """Inputs of one micro-batch; ``rngs`` holds one generator per sample, so a sample's noise does not
+        depend on how samples are split into batches or over workers."""
         latents = _stack(samples, "latents", np.float32)
-        draws = self.draw(len(samples), latents.shape[1:], rng)
+        steps, noise, drop_prior, drop_glyph = zip(*(self.draw(latents.shape[1:], rng) for rng in rngs))
+        timestep = np.asarray(steps, np.float32)
+        draws = {"timestep": timestep, "sigma": self.sigmas(timestep, latents.shape), "noise": np.stack(noise),
+                 "drop_prior": np.asarray(drop_prior), "drop_glyph": np.asarray(drop_glyph)}
         glyphs = [self.negative_glyph if drop else s["glyph"] for s, drop in zip(samples, draws["drop_glyph"])]
         longest = max(g.shape[0] for g in glyphs)
         glyph = np.stack([np.pad(np.asarray(g, np.float32), ((longest - g.shape[0], 0), (0, 0))) for g in glyphs])

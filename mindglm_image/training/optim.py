@@ -67,8 +67,9 @@ class AdamW(nn.Cell):
 
     def construct(self, grads, lr, step_size, bias2_sqrt):
         # 1. global norm of all gradients (torch: norm of the per-tensor norms) and the clip coefficient
-        norms = [mint.norm(g.astype(ms.float32)) for g in grads]
-        total = mint.norm(ops.stack(norms))
+        # (sqrt of sums of squares: LinalgVectorNorm has no CPU kernel in MindSpore 2.10 inside a train graph)
+        squares = [mint.sum(mint.square(g.astype(ms.float32))) for g in grads]
+        total = mint.sqrt(mint.sum(ops.stack(squares)))
         finite = mint.isfinite(total)
         coef = Tensor(1.0, ms.float32)
         if self.cfg.max_grad_norm > 0:
