@@ -1,4 +1,4 @@
-"""``mindglm-image`` command line: generate images, convert and verify checkpoints, make a tiny test model."""
+"""``mindglm-image`` command line: generate images, convert and verify checkpoints, make a tiny test model, train."""
 from __future__ import annotations
 
 import argparse
@@ -61,6 +61,15 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_dit(args: argparse.Namespace) -> int:
+    from .jobs.job_args import config_from_args
+    from .jobs.train_dit import train_dit
+    from .training.config import TrainConfig
+
+    train_dit(config_from_args(TrainConfig, args))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mindglm-image", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -97,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed of the weights")
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty folder")
     p.set_defaults(func=_make_tiny)
+    p = sub.add_parser("train-dit", help="fine-tune the DiT decoder on a prepared dataset (resumes from out_dir)")
+    from .jobs.job_args import add_config_flags
+    from .training.config import TrainConfig
+
+    add_config_flags(p, TrainConfig)
+    p.set_defaults(func=_train_dit)
     return parser
 
 

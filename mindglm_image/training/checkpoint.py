@@ -99,3 +99,19 @@ def load_checkpoint(folder: str | Path, train_step: TrainStep, fingerprint: dict
         if param is not master:  # a low-precision weight follows its fp32 master
             param.set_data(Tensor(master.asnumpy(), param.dtype))
     return state
+
+
+def load_trained_weights(folder: str | Path, cell, ema: bool = False) -> list[str]:
+    """Put a checkpoint's trained weights (or their EMA) into ``cell``'s parameters of the same names (e.g. a
+    freshly loaded model for sampling or export); returns the names set."""
+    stored = SafetensorsFile(Path(folder) / STATE_FILE)
+    group = "ema/" if ema else "weight/"
+    params = cell.parameters_dict()
+    names = [k[len(group):] for k in stored.keys() if k.startswith(group)]
+    unknown = [n for n in names if n not in params]
+    if unknown or not names:
+        raise CheckpointError(f"{folder} holds no {group[:-1]} tensors for this cell (unknown: {unknown[:5]}); "
+                              "load it into the model it was trained on")
+    for name in names:
+        params[name].set_data(Tensor(stored.get(group + name).array().copy(), params[name].dtype))
+    return names
