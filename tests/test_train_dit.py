@@ -152,3 +152,61 @@ def test_tensorboard_records_are_valid():
     assert len(record) == 16 + length
     assert struct.pack("<d", 1.5) in data and b"train/loss" in data and struct.pack("<f", 0.25) in data
     assert data[9:11] == b"\x10\x07"  # field 2 (step) = 7
+
+
+def _images() -> list:
+    """Two 64x64 training pictures: a red-to-yellow gradient and a blue checkerboard."""
+    from PIL import Image
+
+    x = np.linspace(0, 255, 64, dtype=np.float32)
+    grad = np.stack([np.full((64, 64), 230.0), np.tile(x, (64, 1)), np.full((64, 64), 20.0)], -1)
+    board = ((np.indices((64, 64)) // 16).sum(0) % 2)[..., None] * np.array([40.0, 80.0, 240.0]) + 10
+    return [Image.fromarray(a.astype(np.uint8)) for a in (grad, board)]
+
+
+@pytest.mark.slow
+def test_fine_tune_learns_and_reproduces_its_images(tiny, tmp_path):
+    """300 steps on two images: the held-fixed evaluation loss falls by more than 3x, and sampling from each
+    image's prior tokens and glyph then lands closer (pixels, through the VAE) to that image."""
+    from mindglm_image.models.vae.processing import denormalize_latents, normalize_latents, postprocess_images
+    from mindglm_image.pipeline.denoise import DenoiseConfig, denoise
+    from mindglm_image.pipeline.vae_image import vae_input
+    from mindglm_image.scheduler.flow_match import FlowMatchEulerScheduler
+    from mindglm_image.training.checkpoint import load_trained_weights
+    from mindglm_image.training.config import DiTLossConfig
+    from mindglm_image.training.dit_loss import DiTBatchMaker, DiTFlowMatchLoss
+    from mindglm_image.weights.components import COMPONENTS, load_component
+
+    vae = load_component(COMPONENTS["vae"], tiny / "vae")
+    dit = load_component(COMPONENTS["transformer"], tiny / "transformer")
+    scheduler = FlowMatchEulerScheduler.from_folder(tiny / "scheduler")
+    samples = random_samples(dit.config, [(64, 64)] * 2, seed=3)
+    for sample, image in zip(samples, _images()):
+        pixels, _ = vae_input(image, 16)
+        sample["latents"] = normalize_latents(vae.encode_mode(pixels), vae.config).asnumpy()[0]
+    maker = DiTBatchMaker(dit.config, scheduler, DiTLossConfig(prior_drop_prob=0.0, glyph_drop_prob=0.0),
+                          np.zeros((1, dit.config.text_embed_dim), np.float32))
+    evaluation = [maker(samples, [np.random.default_rng([99, k, i]) for i in range(2)]) for k in range(8)]
+    noise = np.random.default_rng(5).standard_normal((2, *samples[0]["latents"].shape)).astype(np.float32)
+    ids, glyph = np.stack([s["prior_ids"] for s in samples]), np.stack([s["glyph"] for s in samples])
+    target = postprocess_images(vae.decode(denormalize_latents(ms.Tensor(np.stack([s["latents"] for s in samples])), vae.config)))
+
+    def measure():
+        loss_cell = DiTFlowMatchLoss(dit)
+        loss = np.mean([float(loss_cell(*batch).asnumpy()) for batch in evaluation])
+        final = denoise(dit, scheduler, noise, ids, glyph, None, 64, 64,
+                        DenoiseConfig(num_inference_steps=20, guidance_scale=1.0, progress=False))
+        pixels = postprocess_images(vae.decode(denormalize_latents(ms.Tensor(final), vae.config)))
+        return loss, float(np.mean((pixels - target) ** 2))
+
+    loss_before, pixel_before = measure()
+    cfg = _cfg(tiny, tmp_path / "learn", checkpoint_every=300, optimizer={"lr": 1e-2, "ema_decay": 0.0},
+               schedule={"total_steps": 300, "warmup_steps": 10, "min_lr_ratio": 0.1},
+               dit_loss={"prior_drop_prob": 0.0, "glyph_drop_prob": 0.0})
+    summary = train_dit(cfg, ArrayDataset(samples), progress=False)
+    load_trained_weights(summary["checkpoint"], dit)
+    loss_after, pixel_after = measure()
+    print(f"eval loss {loss_before:.4f} -> {loss_after:.4f}; pixel MSE {pixel_before:.5f} -> {pixel_after:.5f}")
+    # measured on the 2-layer hidden-32 tiny DiT: loss 2.40 -> 0.68, pixel MSE 0.121 -> 0.092 (deterministic)
+    assert loss_after < loss_before / 3
+    assert pixel_after < 0.85 * pixel_before
