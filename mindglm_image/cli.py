@@ -1,4 +1,4 @@
-"""``mindglm-image`` command line: generate images, convert and verify checkpoints, make a tiny test model."""
+"""``mindglm-image`` command line: generate images, convert and verify checkpoints, make a tiny test model, train."""
 from __future__ import annotations
 
 import argparse
@@ -125,6 +125,8 @@ def check_output_paths(paths: list[Path], overwrite: bool) -> None:
             tempfile.TemporaryFile(dir=folder).close()
         except OSError as err:
             raise PermissionError(f"--out {path}: cannot write in {folder} ({err.strerror})") from err
+
+
 def _prepare_data(args: argparse.Namespace) -> int:
     from .pipeline.glm_image_pipeline import GlmImagePipeline
     from .runtime import default_compute_dtype, setup_runtime
@@ -155,6 +157,8 @@ def _merge_lora(args: argparse.Namespace) -> int:
         print(f"LoRA {source} x{scale:g} merged into {component}")
     print(f"wrote the merged model to {args.out}")
     return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     import dataclasses
     import json
@@ -171,6 +175,15 @@ def _serve(args: argparse.Namespace) -> int:
     from .serving.app import serve
 
     return serve(cfg, log_level=args.log_level)
+
+
+def _train_dit(args: argparse.Namespace) -> int:
+    from .jobs.job_args import config_from_args
+    from .jobs.train_dit import train_dit
+    from .training.config import TrainConfig
+
+    train_dit(config_from_args(TrainConfig, args))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -272,6 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "before reporting ready")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(func=_serve)
+    p = sub.add_parser("train-dit", help="fine-tune the DiT decoder on a prepared dataset (resumes from out_dir)")
+    from .jobs.job_args import add_config_flags
+    from .training.config import TrainConfig
+
+    add_config_flags(p, TrainConfig)
+    p.set_defaults(func=_train_dit)
     return parser
 
 

@@ -9,13 +9,11 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
-import typing
-from pathlib import Path
 
 from mindglm_image.jobs.batch_generate import BatchJobConfig, distributed_rank, read_items, run_batch
+from mindglm_image.jobs.job_args import add_config_flags, config_from_args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,19 +26,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="job config JSON (fields of BatchJobConfig)")
-    hints = typing.get_type_hints(BatchJobConfig)
-    for field in dataclasses.fields(BatchJobConfig):
-        if field.name != "extra":
-            kind = next(t for t in (int, float, str) if t is hints[field.name] or t in typing.get_args(hints[field.name]))
-            parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=kind, default=None)
-    args = parser.parse_args(argv)
-    try:
-        base = json.loads(Path(args.config).read_text(encoding="utf-8")) if args.config else {}
-    except json.JSONDecodeError as err:
-        raise ValueError(f"--config {args.config} is not valid JSON ({err})") from None
-    overrides = {k: v for k, v in vars(args).items() if k != "config" and v is not None}
-    cfg = BatchJobConfig.from_dict({**base, **overrides})
+    add_config_flags(parser, BatchJobConfig)
+    cfg = config_from_args(BatchJobConfig, parser.parse_args(argv))
     items, problems = read_items(cfg.prompts, cfg.base_seed)  # every item checked before the model loads
     for message in problems:
         print(f"warning: {message}", file=sys.stderr)

@@ -111,7 +111,7 @@ class FlowMatchEulerScheduler:
         else:
             sig = np.asarray(sigmas).astype(np.float32)
         self.mu = calculate_shift(seq_len, cfg.base_image_seq_len, cfg.base_shift, cfg.max_shift)
-        sig = self._shift(sig)
+        sig = self.shift_sigmas(sig, self.mu)
         if cfg.shift_terminal:
             one_minus = _F1 - sig
             sig = _F1 - one_minus / (one_minus[-1] / np.float32(1.0 - cfg.shift_terminal))
@@ -124,12 +124,13 @@ class FlowMatchEulerScheduler:
         self.timesteps, self.sigmas = timesteps, sig
         return timesteps
 
-    def _shift(self, sig: np.ndarray) -> np.ndarray:
+    def shift_sigmas(self, sig: np.ndarray, mu: float) -> np.ndarray:
+        """Resolution shift of float32 sigmas at ``mu`` (``calculate_shift``); training samples sigmas with it too."""
         cfg = self.config
         if not cfg.use_dynamic_shifting:
             return np.float32(cfg.shift) * sig / (_F1 + np.float32(cfg.shift - 1.0) * sig)
         # time shift with exponent 1 (the only one diffusers uses): a / (a + (1/t - 1))
-        a = np.float32(math.exp(self.mu) if cfg.time_shift_type == "exponential" else self.mu)
+        a = np.float32(math.exp(mu) if cfg.time_shift_type == "exponential" else mu)
         return a / (a + (_F1 / sig - _F1))
 
     def step(self, model_output: np.ndarray, step_index: int, sample: np.ndarray) -> np.ndarray:

@@ -1,1 +1,2 @@
-"""Training: LoRA, losses, prepared datasets (see the README section on training)."""
+"""Training: configs, the AdamW+EMA optimizer, the shared train step, checkpoints, metrics, the loop, loss
+cells (DiT flow matching, AR SFT), LoRA adapters and prepared datasets."""

@@ -1,0 +1,44 @@
+"""Job configs from a JSON file plus command-line overrides: one ``--flag`` per scalar config field."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+from pathlib import Path
+
+from ..config.base import ConfigError, HFConfig
+
+
+def _bool(text: str) -> bool:
+    if text.lower() not in ("true", "false", "1", "0"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() in ("true", "1")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type[HFConfig]) -> None:
+    """``--config FILE`` and ``--<field>`` for every int/float/str/bool field of ``cls`` (nested configs and
+    dicts are set in the file)."""
+    parser.add_argument("--config", help=f"job config JSON (fields of {cls.__name__})")
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        kinds = [t for t in (bool, int, float, str) if t is hints[field.name] or t in typing.get_args(hints[field.name])]
+        if field.name != "extra" and kinds:
+            parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, default=None,
+                                type=_bool if kinds[0] is bool else kinds[0])
+
+
+def config_from_args(cls: type[HFConfig], args: argparse.Namespace) -> HFConfig:
+    """The file named by ``--config`` (if any) with the given flags laid over it, validated."""
+    base = {}
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise ConfigError(f"job config not found: {path}")
+        try:
+            base = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"--config {path} is not valid JSON ({err})") from None
+    names = {f.name for f in dataclasses.fields(cls)}
+    overrides = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    return cls.from_dict({**base, **overrides})
