@@ -1,10 +1,10 @@
 """Batch generation over a prompts file, sharded across ``msrun`` workers and resumable.
 
-Every item gets an id and a seed of its own (default: ``base_seed + line index``). With ``batch_size``
-1 an image depends on its item only: rerunning or resharding over another number of workers gives the
-same files. Larger batches are faster but, as in the reference pipeline, the glyph embeddings of a batch
-are zero-padded to the longest and the padding is attended to, so an image then depends slightly on its
-batch-mates. An item is done when ``<id>.png`` and ``<id>.json`` exist (both written atomically), so a
+Every item gets an id and a seed of its own (default: ``base_seed + line index``), and an image depends
+on its item only, whatever ``batch_size`` and whichever batch-mates it gets: the pipeline draws each
+item's noise and AR samples from its own seed and masks the zero padding of a batch's glyph embeddings
+in the DiT (the reference attends to it), so rerunning, rebatching or resharding over another number of
+workers gives the same images (up to float rounding of batched matmuls, ~1e-6). An item is done when ``<id>.png`` and ``<id>.json`` exist (both written atomically), so a
 killed job loses nothing finished and a rerun continues where it stopped.
 """
 from __future__ import annotations
