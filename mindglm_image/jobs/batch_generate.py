@@ -4,8 +4,8 @@ Every item gets an id and a seed of its own (default: ``base_seed + line index``
 on its item only, whatever ``batch_size`` and whichever batch-mates it gets: the pipeline draws each
 item's noise and AR samples from its own seed and masks the zero padding of a batch's glyph embeddings
 in the DiT (the reference attends to it), so rerunning, rebatching or resharding over another number of
-workers gives the same images (up to float rounding of batched matmuls, ~1e-6). An item is done when ``<id>.png`` and ``<id>.json`` exist (both written atomically), so a
-killed job loses nothing finished and a rerun continues where it stopped.
+workers gives the same images (up to float rounding of batched matmuls, ~1e-6).
+An item is done when ``<id>.png`` and ``<id>.json`` exist (both written atomically), so a killed job loses nothing finished and a rerun continues where it stopped.
 """
 from __future__ import annotations
 

@@ -66,39 +66,43 @@ def _check_int(name: str, value, minimum: int) -> int:
 
 
 def check_request(prompt, height, width, num_inference_steps, guidance_scale, seed, num_images_per_prompt,
-                  limits: SizeLimits = SizeLimits()) -> list[str]:
+                  limits: SizeLimits = SizeLimits(), names: dict[str, str] | None = None) -> list[str]:
     """Reject nonsense arguments before any model work; returns the prompts as a list.
 
     Types are checked (``height="64"`` is a TypeError naming ``height``), guidance must be a finite
     number >= 0 (<= 1 disables CFG, as in the reference), seeds non-negative integers (one, or one per
-    prompt), prompts text that encodes as UTF-8.
+    prompt), prompts text that encodes as UTF-8. ``names`` renames arguments in the messages (the CLI's flags).
     """
+    label = (names or {}).get
     prompts = [prompt] if isinstance(prompt, str) else prompt
     if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, str) for p in prompts):
-        raise TypeError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}")
+        raise TypeError(f"{label('prompt', 'prompt')} must be a string or a list of strings, "
+                        f"got {type(prompt).__name__}")
     if not prompts:
         raise ValueError("no prompt given")
     for i, text in enumerate(prompts):
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as err:
-            raise ValueError(f"prompt {i} holds an undecodable byte at character {err.start} "
+            raise ValueError(f"{label('prompt', 'prompt')} {i} holds an undecodable byte at character {err.start} "
                              f"({text[err.start:err.end]!r}); pass UTF-8 text") from None
     for name, side in (("height", height), ("width", width)):
-        _check_int(name, side, 1)
+        _check_int(label(name, name), side, 1)
     limits.check(int(height), int(width))
-    _check_int("num_inference_steps", num_inference_steps, 1)
-    _check_int("num_images_per_prompt", num_images_per_prompt, 1)
+    _check_int(label("num_inference_steps", "num_inference_steps"), num_inference_steps, 1)
+    _check_int(label("num_images_per_prompt", "num_images_per_prompt"), num_images_per_prompt, 1)
+    guidance = label("guidance_scale", "guidance_scale")
     if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real):
-        raise TypeError(f"guidance_scale must be a number, got {type(guidance_scale).__name__} {guidance_scale!r}")
+        raise TypeError(f"{guidance} must be a number, got {type(guidance_scale).__name__} {guidance_scale!r}")
     if not math.isfinite(guidance_scale) or guidance_scale < 0:
-        raise ValueError(f"guidance_scale={guidance_scale} must be a finite number >= 0 (1.5 is the default; "
+        raise ValueError(f"{guidance}={guidance_scale} must be a finite number >= 0 (1.5 is the default; "
                          "<= 1 turns classifier-free guidance off)")
     seeds = [seed] if isinstance(seed, numbers.Integral) else seed
     if not isinstance(seeds, Sequence) or isinstance(seeds, str):
-        raise TypeError(f"seed must be an integer or one integer per prompt, got {type(seed).__name__}")
+        raise TypeError(f"{label('seed', 'seed')} must be an integer or one integer per prompt, "
+                        f"got {type(seed).__name__}")
     for s in seeds:
-        _check_int("seed", s, 0)
+        _check_int(label("seed", "seed"), s, 0)
     if not isinstance(seed, numbers.Integral) and len(seeds) != len(prompts):
         raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts: give one seed, or one per prompt")
     return list(prompts)

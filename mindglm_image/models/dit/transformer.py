@@ -282,14 +282,20 @@ class GlmImageTransformer2DModel(nn.Cell):
     def construct(self, hidden_states, encoder_hidden_states, prior_token_id, prior_token_drop, timestep,
                   target_size, crop_coords, rope_cos, rope_sin, text_bias=None, cache_key=None, cache_value=None):
         """Velocity (B, out_channels, H, W). ``cache_key``/``cache_value`` (L, B, Lc, heads, head_dim): read mode."""
-        sample, _, _ = self.forward_with_kv(hidden_states, encoder_hidden_states, prior_token_id, prior_token_drop,
-                                            timestep, target_size, crop_coords, rope_cos, rope_sin,
-                                            cache_key, cache_value, text_bias)
-        return sample
+        return self._forward(hidden_states, encoder_hidden_states, prior_token_id, prior_token_drop, timestep,
+                             target_size, crop_coords, rope_cos, rope_sin, cache_key, cache_value, text_bias, False)
 
     def forward_with_kv(self, hidden_states, encoder_hidden_states, prior_token_id, prior_token_drop, timestep,
                         target_size, crop_coords, rope_cos, rope_sin, cache_key, cache_value, text_bias=None):
         """(sample, keys, values); keys/values (L, B, S, heads, head_dim) are every block's own, uncached."""
+        return self._forward(hidden_states, encoder_hidden_states, prior_token_id, prior_token_drop, timestep,
+                             target_size, crop_coords, rope_cos, rope_sin, cache_key, cache_value, text_bias, True)
+
+    def _forward(self, hidden_states, encoder_hidden_states, prior_token_id, prior_token_drop, timestep,
+                 target_size, crop_coords, rope_cos, rope_sin, cache_key, cache_value, text_bias, with_kv: bool):
+        # ``with_kv`` is a compile-time constant: the velocity-only graph never collects keys/values. (Collecting
+        # and then discarding them left list appends, side effects in graph mode, that MindSpore removed with a
+        # "Some side effect nodes were eliminated by mistake" warning on every compile.)
         b, _, height, width = hidden_states.shape
         p = self.patch_size
         x = self.image_projector(hidden_states.astype(self.compute_dtype))
@@ -308,12 +314,15 @@ class GlmImageTransformer2DModel(nn.Cell):
             else:
                 x, text, key, value = block(x, text, temb, rope_cos, rope_sin, cache_key[i], cache_value[i],
                                             text_bias)
-            keys.append(key)
-            values.append(value)
+            if with_kv:
+                keys.append(key)
+                values.append(value)
         x = self.proj_out(self.norm_out(x, temb))
         x = x.reshape(b, height // p, width // p, self.out_channels, p, p).permute(0, 3, 1, 4, 2, 5)
         sample = x.reshape(b, self.out_channels, height, width)
-        return sample, ops.stack(keys), ops.stack(values)
+        if with_kv:
+            return sample, ops.stack(keys), ops.stack(values)
+        return sample
 
 
 def transformer_inputs(config: GlmImageTransformerConfig, hidden_states, encoder_hidden_states, prior_token_id,
