@@ -5,6 +5,7 @@ from __future__ import annotations
 import mindspore as ms
 import numpy as np
 import pytest
+from PIL import Image
 
 from mindglm_image.finite import NonFiniteError
 from mindglm_image.pipeline.glm_image_pipeline import GlmImagePipeline
@@ -95,3 +96,21 @@ def test_cli_writes_nothing_for_non_finite_output(pipe, poisoned, monkeypatch, t
                    "--steps", "2", "--out", str(out)])
     assert rc == 2 and "denoising step 1/2" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("width, height", [(4000, 3000), (200, 120)])
+def test_reference_photo_of_any_size_works(pipe, monkeypatch, width, height):
+    """The VAE encodes a reference image at the size its AR token grid implies (a 4000 x 3000 phone photo
+    used to be VAE-encoded at full size, and its grid then disagreed with the AR one)."""
+    from mindglm_image.pipeline import glm_image_pipeline
+
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8))
+    sizes = []
+    real = glm_image_pipeline.vae_input
+    monkeypatch.setattr(glm_image_pipeline, "vae_input", lambda img, size: sizes.append(size) or real(img, size))
+    out = pipe("make it blue", image=[photo], seed=[0], **SIZE)
+    assert out.pixels.shape == (1, 64, 64, 3) and np.isfinite(out.pixels).all()
+    _, grids, _ = pipe.encode_references([[photo]])
+    (_, grid_h, grid_w), = grids[0]
+    assert sizes == [(grid_h * 2 * 16, grid_w * 2 * 16)]  # 2x2 DiT patches of 16 px per AR token
+    assert max(sizes[0]) <= 2 * 256  # the tiny processor's budget: longest side 256 px after halving

@@ -3,7 +3,8 @@
 1. AR prior: chat-templated prompt -> static-KV decoding of the preview and full token grids (I2I: the
    reference images' VQ ids sit in the prompt and only the full grid is generated).
 2. Glyph-byT5 embeddings of the quoted text (and of "" for the unconditional branch).
-3. I2I: every reference image is VAE-encoded and run once through the DiT to fill its KV cache.
+3. I2I: every reference image is VAE-encoded (at the size its AR grid implies, see ``vae_image``) and
+   run once through the DiT to fill its KV cache.
 4. CFG flow-match denoising from seeded noise; 5. VAE decode to pixels.
 
 Arguments are checked before any model work (``check_request``); non-finite numbers at any stage
@@ -36,7 +37,7 @@ from ..processor.prompt import GRID_FACTOR, PromptProcessor
 from ..scheduler.flow_match import FlowMatchEulerScheduler
 from ..weights.components import COMPONENTS, load_component
 from .denoise import DenoiseConfig, denoise
-from .vae_image import vae_input
+from .vae_image import size_for_grid, vae_input
 
 REQUIRED_PARTS = ("processor", "tokenizer", "text_encoder", "vision_language_encoder", "transformer", "vae", "scheduler")
 
@@ -241,7 +242,7 @@ class GlmImagePipeline:
         for embeddings in (glyph.positive, glyph.negative):
             if embeddings is not None:
                 check_finite(embeddings, "Glyph-byT5 text encoder")
-        cache = self._write_kv_cache(images, upsampled) if images is not None else None
+        cache = self._write_kv_cache(images, grids, upsampled) if images is not None else None
         if latents is None:
             shape = (n, *latent_shape[1:])
             latents = (np.random.default_rng(seed).standard_normal(latent_shape, dtype=np.float32)
@@ -261,12 +262,13 @@ class GlmImagePipeline:
         timings.decode_seconds = time.perf_counter() - start
         return PipelineOutput([Image.fromarray(p) for p in to_uint8(pixels)], pixels, prior, timings)
 
-    def _write_kv_cache(self, images: list[list[Image.Image]], upsampled: list) -> GlmImageKVCache:
+    def _write_kv_cache(self, images: list[list[Image.Image]], grids: list, upsampled: list) -> GlmImageKVCache:
         cache = GlmImageKVCache(self.transformer)
         multiple = self.vae_scale_factor * self.transformer.config.patch_size
-        for row, ids_row in zip(images, upsampled):
-            for img, ids in zip(row, ids_row):
-                pixels, size = vae_input(img, multiple)
+        for row, grid_row, ids_row in zip(images, grids, upsampled):
+            for img, (_, grid_h, grid_w), ids in zip(row, grid_row, ids_row):
+                size = size_for_grid(grid_h, grid_w, multiple)
+                pixels = vae_input(img, size)
                 latent = check_finite(normalize_latents(self.vae.encode_mode(pixels), self.vae.config),
                                       "VAE encode of a reference image")
                 cache.write(latent, ids[None], size)
