@@ -56,7 +56,8 @@ def _generate(args: argparse.Namespace) -> int:
     if args.greedy:
         sampling = SamplingConfig(do_sample=False, seed=args.seed)
     out = pipe(args.prompt, image=args.image or None, height=args.height, width=args.width,
-               num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed, sampling=sampling,
+               num_inference_steps=args.steps, guidance_scale=args.guidance, sampling=sampling,
+               seed=[args.seed + i for i in range(len(args.prompt))],  # per prompt: batch-invariant images
                num_images_per_prompt=args.num_images)
     for path in save_images(out.images, Path(args.out)):
         print(f"wrote {path}")
@@ -82,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=50, help="denoising steps")
     p.add_argument("--guidance", type=float, default=1.5, help="classifier-free guidance scale")
     p.add_argument("--num-images", type=int, default=1, help="images per prompt (one AR prior, different noise)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the AR sampling and the initial noise")
+    p.add_argument("--seed", type=int, default=0, help="seed of the AR sampling and the initial noise; the i-th "
+                   "--prompt uses SEED + i, so its image is the one it gives alone with that seed")
     p.add_argument("--temperature", type=float, default=None, help="None: the checkpoint's generation_config")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling; None: the checkpoint's")
     p.add_argument("--top-k", type=int, default=None, help="top-k sampling; None: the checkpoint's")
