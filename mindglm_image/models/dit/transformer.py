@@ -185,10 +185,10 @@ class GlmImageAttention(nn.Cell):
         scores = mint.matmul(q, k).astype(ms.float32) * self.scale
         if text_bias is not None:
             # keys are [cache | text | image]: only the text part carries padding
-            bias = [text_bias, mint.zeros((b, hidden_states.shape[1]), dtype=ms.float32)]
-            if cache_key is not None:
-                bias.insert(0, mint.zeros((b, cache_key.shape[1]), dtype=ms.float32))
-            scores = scores + mint.cat(bias, 1).reshape(b, 1, 1, -1)
+            bias = mint.cat((text_bias, mint.zeros((b, hidden_states.shape[1]), dtype=ms.float32)), 1)
+            if cache_key is not None:  # cat, not list.insert: that falls back to Python in graph mode
+                bias = mint.cat((mint.zeros((b, cache_key.shape[1]), dtype=ms.float32), bias), 1)
+            scores = scores + bias.reshape(b, 1, 1, -1)
         probs = mint.nn.functional.softmax(scores, -1).astype(v.dtype)
         out = mint.matmul(probs, v).permute(0, 2, 1, 3).reshape(b, -1, self.heads * self.head_dim)
         out = self.to_out[0](out)
@@ -335,7 +335,7 @@ def transformer_inputs(config: GlmImageTransformerConfig, hidden_states, encoder
     prior_token_id (B, H/p * W/p) ids; prior_token_drop the same shape, bool (True zeroes that prior
     embedding: the unconditional pass); timestep (B,) (the pipeline passes t - 1); target_size and
     crop_coords (B, 2): pixel (height, width) and top-left crop; encoder_attention_mask (B, T) bool, False
-    on padded glyph tokens, or None. numpy arrays or MindSpore tensors; tensors are passed through
+    on padded glyph tokens, or None (no bias input: every token attended). numpy arrays or MindSpore tensors; tensors are passed through
     unconverted (no host round trip in the denoising loop).
     """
     if len(hidden_states.shape) != 4 or hidden_states.shape[1] != config.in_channels:
@@ -369,8 +369,7 @@ def transformer_inputs(config: GlmImageTransformerConfig, hidden_states, encoder
                              f"got {mask.shape}")
         if not mask.any(axis=1).all():
             raise ValueError("encoder_attention_mask masks every glyph token of a sample; keep at least one")
-        if not mask.all():  # no padding: the unmasked graph, exactly the reference's
-            text_bias = Tensor(np.where(mask, np.float32(0), np.float32(_MASKED)))
+        text_bias = Tensor(np.where(mask, np.float32(0), np.float32(_MASKED)))
     cos, sin = _rotary(config.attention_head_dim, h // p, w // p)
     return (_tensor(hidden_states, np.float32), None if encoder_hidden_states is None else
             _tensor(encoder_hidden_states, np.float32), _tensor(prior_token_id, np.int32),
