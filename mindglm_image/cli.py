@@ -67,12 +67,13 @@ def _check_demo(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace) -> int:
     from .atomic import save_image_atomic
     from .generation.sampling import SamplingConfig
-    from .pipeline.glm_image_pipeline import GlmImagePipeline
+    from .pipeline.glm_image_pipeline import GlmImagePipeline, check_request
     from .runtime import default_compute_dtype, setup_runtime
     from .training.lora import ADAPTER_CONFIG, parse_lora_arg
 
-    if args.steps < 1:
-        raise ValueError(f"--steps {args.steps}: the number of denoising steps must be at least 1")
+    # before the model loads, with the flags' names in the messages
+    check_request(args.prompt, args.height, args.width, args.steps, args.guidance, args.seed, args.num_images,
+                  names=CLI_NAMES)
     paths = output_paths(Path(args.out), len(args.prompt) * args.num_images)
     check_output_paths(paths, args.overwrite)
     adapters = [parse_lora_arg(v) for v in args.lora]
@@ -87,7 +88,8 @@ def _generate(args: argparse.Namespace) -> int:
     if args.greedy:
         sampling = SamplingConfig(do_sample=False, seed=args.seed)
     out = pipe(args.prompt, image=args.image or None, height=args.height, width=args.width,
-               num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed, sampling=sampling,
+               num_inference_steps=args.steps, guidance_scale=args.guidance, sampling=sampling,
+               seed=[args.seed + i for i in range(len(args.prompt))],  # per prompt: batch-invariant images
                num_images_per_prompt=args.num_images)
     for path, image in zip(paths, out.images):
         save_image_atomic(image, path)
@@ -186,12 +188,18 @@ def _train_dit(args: argparse.Namespace) -> int:
     return 0
 
 
+#: pipeline argument -> command-line flag, for error messages
+CLI_NAMES = {"prompt": "--prompt", "height": "--height", "width": "--width", "num_inference_steps": "--steps",
+             "guidance_scale": "--guidance", "seed": "--seed", "num_images_per_prompt": "--num-images"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .weights.safetensors_io import FLOAT_TAGS
 
-    parser = argparse.ArgumentParser(prog="mindglm-image", description=__doc__)
+    defaults = argparse.ArgumentDefaultsHelpFormatter  # --help shows every default
+    parser = argparse.ArgumentParser(prog="mindglm-image", description=__doc__, formatter_class=defaults)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("generate", help="text-to-image, or image-to-image with --image")
+    p = sub.add_parser("generate", help="text-to-image, or image-to-image with --image", formatter_class=defaults)
     p.add_argument("--model", required=True, help="model folder (official Hugging Face layout or converted)")
     p.add_argument("--prompt", required=True, action="append", help="prompt; repeat for a batch")
     p.add_argument("--image", action="append", default=[], help="reference image (repeat for several)")
@@ -202,35 +210,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=50, help="denoising steps")
     p.add_argument("--guidance", type=float, default=1.5, help="classifier-free guidance scale")
     p.add_argument("--num-images", type=int, default=1, help="images per prompt (one AR prior, different noise)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the AR sampling and the initial noise")
-    p.add_argument("--temperature", type=float, default=None, help="default: the checkpoint's generation_config")
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0, help="seed of the AR sampling and the initial noise; the i-th "
+                   "--prompt uses SEED + i, so its image is the one it gives alone with that seed")
+    p.add_argument("--temperature", type=float, default=None, help="None: the checkpoint's generation_config")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling; None: the checkpoint's")
+    p.add_argument("--top-k", type=int, default=None, help="top-k sampling; None: the checkpoint's")
     p.add_argument("--greedy", action="store_true", help="greedy AR decoding instead of sampling")
-    p.add_argument("--device", default=None, help="CPU or Ascend (default: $MINDGLM_DEVICE or CPU)")
+    p.add_argument("--device", default=None, help="CPU or Ascend; None: $MINDGLM_DEVICE, else CPU")
     p.add_argument("--out", default="out.png", help="image path, format from the extension: .png, .jpg, .webp ... "
                    "(several images: out-0.png, out-1.png, ...)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=_generate)
-    p = sub.add_parser("convert", help="convert a whole model folder between Hugging Face and MindSpore layouts")
+    p = sub.add_parser("convert", help="convert a whole model folder between Hugging Face and MindSpore layouts",
+                       formatter_class=defaults)
     p.add_argument("--from", dest="src_format", choices=("hf", "ms"), required=True, help="layout of --src")
     p.add_argument("--src", required=True, help="model folder holding model_index.json")
     p.add_argument("--dst", required=True, help="output folder (written atomically; must not exist or be empty)")
     p.add_argument("--overwrite", action="store_true", help="replace --dst if it is a model folder (never another folder)")
-    p.add_argument("--dtype", choices=FLOAT_TAGS, default=None, help="cast weights (default: keep)")
+    p.add_argument("--dtype", choices=FLOAT_TAGS, default=None, help="cast weights; None: keep")
     p.add_argument("--max-shard-gb", type=float, default=5.0, help="size of output shards")
     p.set_defaults(func=_convert)
-    p = sub.add_parser("verify", help="check a converted folder against its checksum manifests")
+    p = sub.add_parser("verify", help="check a converted folder against its checksum manifests", formatter_class=defaults)
     p.add_argument("dir", help="converted model folder")
     p.add_argument("--source", default=None, help="also re-hash the source folder it was converted from")
     p.add_argument("--dtype", choices=FLOAT_TAGS, default=None, help="also require every tensor to be this dtype")
     p.set_defaults(func=_verify)
-    p = sub.add_parser("make-tiny", help="write a tiny random GLM-Image model folder (official layout) for tests and demos")
+    p = sub.add_parser("make-tiny", help="write a tiny random GLM-Image model folder (official layout) for tests and demos",
+                       formatter_class=defaults)
     p.add_argument("dir", help="output folder (written atomically; must not exist or be empty)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the weights")
     p.add_argument("--overwrite", action="store_true", help="replace DIR if it is a model folder (never another folder)")
     p.set_defaults(func=_make_tiny)
-    p = sub.add_parser("make-demo-data", help="write the synthetic shapes dataset of the demo model (.jsonl + PNGs)")
+    p = sub.add_parser("make-demo-data", help="write the synthetic shapes dataset of the demo model (.jsonl + PNGs)", formatter_class=defaults)
     p.add_argument("dir", help="output folder")
     p.add_argument("--config", default=None, help="DemoDataConfig JSON (default: the built-in one)")
     p.add_argument("--seed", type=int, default=None)
@@ -240,11 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--edit-heldout", dest="edit_heldout_size", type=int, default=None, help="held-out edit pairs")
     p.add_argument("--overwrite", action="store_true", help="replace a folder that holds another config's dataset")
     p.set_defaults(func=_make_demo_data)
-    p = sub.add_parser("check-demo", help="score demo images with the classical checker and print the report")
+    p = sub.add_parser("check-demo", help="score demo images with the classical checker and print the report", formatter_class=defaults)
     p.add_argument("jsonl", help="demo .jsonl (records with spec, caption or prompt)")
     p.add_argument("--images", default=None, help="folder of <id>.png to score (default: the records' own images)")
     p.set_defaults(func=_check_demo)
-    p = sub.add_parser("prepare-data", help="pre-encode a training dataset (.jsonl or image folder) into shards")
+    p = sub.add_parser("prepare-data", help="pre-encode a training dataset (.jsonl or image folder) into shards", formatter_class=defaults)
     p.add_argument("--data", required=True, help=".jsonl (image+caption, or source+instruction+target) or a folder "
                                                  "of images with same-named .txt captions")
     p.add_argument("--model", required=True, help="model folder whose cells encode the data")
@@ -254,23 +265,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-aspect", type=float, default=3.0, help="widest bucket aspect ratio")
     p.add_argument("--shard-size", type=int, default=64, help="samples per shard (and per resume point)")
     p.add_argument("--overwrite", action="store_true", help="replace a prepared dataset of other data/options")
-    p.add_argument("--device", default=None, help="CPU or Ascend (default: $MINDGLM_DEVICE or CPU)")
+    p.add_argument("--device", default=None, help="CPU or Ascend (None: $MINDGLM_DEVICE, else CPU)")
     p.set_defaults(func=_prepare_data)
-    p = sub.add_parser("merge-lora", help="write a model folder (official layout) with LoRA adapters merged in")
+    p = sub.add_parser("merge-lora", help="write a model folder (official layout) with LoRA adapters merged in", formatter_class=defaults)
     p.add_argument("--model", required=True, help="model folder (official Hugging Face layout or converted)")
     p.add_argument("--lora", required=True, action="append", metavar="PATH[:SCALE]",
                    help="PEFT LoRA adapter folder for the DiT or the AR model (repeat for several)")
     p.add_argument("--out", required=True, help="output model folder (written atomically)")
-    p.add_argument("--device", default=None, help="CPU or Ascend (default: $MINDGLM_DEVICE or CPU)")
+    p.add_argument("--device", default=None, help="CPU or Ascend (None: $MINDGLM_DEVICE, else CPU)")
     p.set_defaults(func=_merge_lora)
-    p = sub.add_parser("serve", help="OpenAI-compatible images server (/v1/images/generations, /v1/images/edits)")
+    p = sub.add_parser("serve", help="OpenAI-compatible images server (/v1/images/generations, /v1/images/edits)", formatter_class=defaults)
     p.add_argument("--config", default=None, help="JSON file of ServerConfig fields (flags override it)")
     p.add_argument("--model", help="model folder (official Hugging Face layout or converted)")
     p.add_argument("--model-name", dest="model_name", help="model id clients send (default glm-image)")
     p.add_argument("--host", help="listen address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="listen port (default 8000)")
     p.add_argument("--api-key", dest="api_key", help="require 'Authorization: Bearer KEY' (default: $MINDGLM_API_KEY)")
-    p.add_argument("--device", help="CPU or Ascend (default: $MINDGLM_DEVICE or CPU)")
+    p.add_argument("--device", help="CPU or Ascend (None: $MINDGLM_DEVICE, else CPU)")
     p.add_argument("--output-dir", dest="output_dir", help="folder for response_format=url images")
     p.add_argument("--queue-size", dest="queue_size", type=int, help="waiting requests before 429 (default 16)")
     p.add_argument("--max-batch-images", dest="max_batch_images", type=int, help="images per pipeline call")
@@ -285,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "before reporting ready")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(func=_serve)
-    p = sub.add_parser("train-dit", help="fine-tune the DiT decoder on a prepared dataset (resumes from out_dir)")
+    p = sub.add_parser("train-dit", help="fine-tune the DiT decoder on a prepared dataset (resumes from out_dir)", formatter_class=defaults)
     from .jobs.job_args import add_config_flags
     from .training.config import TrainConfig
 

@@ -6,6 +6,11 @@ import os
 import mindspore as ms
 
 _DEFAULT_DEVICE = "CPU"
+DEVICES = ("CPU", "Ascend", "GPU")
+
+
+class DeviceUnavailableError(ValueError):
+    """The requested device is unknown or this MindSpore installation cannot run on it."""
 
 
 def setup_runtime(device: str | None = None, graph_mode: bool = True) -> str:
@@ -14,9 +19,19 @@ def setup_runtime(device: str | None = None, graph_mode: bool = True) -> str:
     The device comes from the argument, else ``MINDGLM_DEVICE``, else CPU (CI has no NPU).
     Returns the device in use so callers can pick the compute dtype from it.
     """
-    device = device or os.environ.get("MINDGLM_DEVICE", _DEFAULT_DEVICE)
+    requested = device or os.environ.get("MINDGLM_DEVICE", _DEFAULT_DEVICE)
+    device = {d.lower(): d for d in DEVICES}.get(str(requested).lower())
+    if device is None:
+        raise DeviceUnavailableError(f"device {requested!r} is not one of {', '.join(DEVICES)} "
+                                     "(--device or $MINDGLM_DEVICE)")
     ms.set_context(mode=ms.GRAPH_MODE if graph_mode else ms.PYNATIVE_MODE)
-    ms.set_device(device)
+    try:
+        ms.set_device(device)
+    except RuntimeError as err:  # MindSpore's message ends in a C++ stack; keep the gist
+        raise DeviceUnavailableError(
+            f"device {device} is not available: this MindSpore installation cannot load its runtime "
+            f"({str(err).splitlines()[0][:200]}). Install MindSpore for {device} with its driver stack "
+            "(CANN for Ascend), or use --device CPU") from None
     return device
 
 

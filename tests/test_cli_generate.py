@@ -76,7 +76,7 @@ def test_output_problems_are_found_before_the_model_loads(tmp_path, capsys):
     (tmp_path / "taken.png").write_bytes(b"keep me")
     (tmp_path / "folder.png").mkdir()
     (tmp_path / "taken-1.png").write_bytes(b"keep me")
-    cases = [(["--steps", "0"], tmp_path / "a.png", "--steps 0: the number of denoising steps must be at least 1"),
+    cases = [(["--steps", "0"], tmp_path / "a.png", "--steps=0 must be at least 1"),
              ([], tmp_path / "file" / "a.png", f"--out {tmp_path / 'file' / 'a.png'}: {tmp_path / 'file'} is a file"),
              ([], tmp_path / "folder.png", f"--out {tmp_path / 'folder.png'} is a folder"),
              ([], "/sys/a.png", "--out /sys/a.png: cannot write in /sys"),

@@ -124,11 +124,12 @@ def test_input_errors_name_the_problem(dit):
 
 @pytest.mark.fullsize
 def test_one_block_at_real_width(reference_fixture, parity_report, tmp_path):
-    """64 heads x 40 (hidden 2560), glyph dim 1472, 16384-code prior table; bf16 weights as in the checkpoint."""
+    """The real checkpoint's width: 32 heads x 128 (hidden 4096), glyph dim 1472, 16384-code prior table;
+    one block, bf16 weights as in the checkpoint, through the converter."""
     ref = reference_fixture("dit_fullsize")
     data = np.load(ref / "dit_fullsize.npz")
     model = load_converted("transformer", ref / "transformer", tmp_path, max_shard_bytes=256 * 1024**2)
-    assert model.config.num_attention_heads * model.config.attention_head_dim == 2560
+    assert (model.config.num_attention_heads, model.config.attention_head_dim, model.config.num_layers) == (32, 128, 1)
     ids = data["ids"]
     inputs = transformer_inputs(model.config, data["latents"], data["glyph"], ids, np.zeros(ids.shape, bool),
                                 np.array([730.0], np.float32), np.array([[192.0, 256.0]], np.float32),

@@ -77,14 +77,19 @@ def test_glyph_embeds_parity(ref, glyph, parity_report, case):
         input_ids, mask = glyph_token_batch(glyph.tokenizer, spans, glyph.max_sequence_length)
         np.testing.assert_array_equal(input_ids, arrays[f"{case}/input_ids{i}"])
         np.testing.assert_array_equal(mask, arrays[f"{case}/mask{i}"])
-    positive, negative = glyph.encode_prompt(prompts)
+    positive, negative, mask = glyph.encode_prompt(prompts)
     assert_parity(parity_report, "text_encoder/glyph_embeds", positive.asnumpy(), arrays[f"{case}/embeds"])
     assert_parity(parity_report, "text_encoder/negative_glyph_embeds", negative.asnumpy(), arrays[f"{case}/negative"])
     if case == "batch":  # the shorter prompt is zero-padded on the left; images per prompt repeat in place
-        twice, _ = glyph.encode_prompt(prompts, do_classifier_free_guidance=False, num_images_per_prompt=2)
-        np.testing.assert_array_equal(twice.asnumpy(), np.repeat(positive.asnumpy(), 2, axis=0))
+        twice = glyph.encode_prompt(prompts, do_classifier_free_guidance=False, num_images_per_prompt=2)
+        np.testing.assert_array_equal(twice.positive.asnumpy(), np.repeat(positive.asnumpy(), 2, axis=0))
         n_pad = positive.shape[1] - arrays[f"{case}/input_ids0"].size
         assert n_pad > 0 and not positive.asnumpy()[0, :n_pad].any()
+        np.testing.assert_array_equal(mask[0], np.arange(positive.shape[1]) >= n_pad)
+        assert mask[1].all() and twice.negative is None
+        np.testing.assert_array_equal(twice.mask, np.repeat(mask, 2, axis=0))
+    else:
+        assert mask is None  # one prompt: nothing padded, the DiT runs unmasked as the reference
 
 
 @pytest.mark.parity

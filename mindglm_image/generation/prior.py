@@ -15,6 +15,7 @@ import dataclasses
 import numpy as np
 from tqdm import tqdm
 
+from ..finite import check_finite
 from ..models.ar.glm_image_ar import GlmImageForConditionalGeneration
 from ..models.dit.prior_tokens import upsample_prior_tokens
 from ..processor.prompt import PromptBatch
@@ -89,7 +90,7 @@ class PriorGenerator:
         eos = config.image_end_token_id
         finished = np.zeros(len(ids), dtype=bool)
         for k in tqdm(range(new_tokens), desc="AR tokens", disable=not progress):
-            token = sampler(logits.asnumpy().astype(np.float32))
+            token = sampler(check_finite(logits.asnumpy().astype(np.float32), f"AR prior (token {k + 1} logits)"))
             token = np.where(finished, eos, token)   # a finished sample keeps emitting its end marker
             generated[:, k] = token
             finished |= token == eos

@@ -14,6 +14,11 @@ gone (same host) or older than ``stale_claim_seconds`` (another host) is taken o
 
 Bad items: lines that do not parse or hold wrong fields are reported before the model loads and skipped; an
 item whose generation fails is reported and skipped; neither stops the rank.
+
+Batch invariance: an image depends on its item only, whatever ``batch_size`` and batch-mates: the pipeline
+draws each item's noise and AR samples from its own seed and masks the zero padding of a batch's glyph
+embeddings in the DiT (the reference attends to it), so rebatching or resharding gives the same images
+(up to float rounding of batched matmuls, ~1e-6).
 """
 from __future__ import annotations
 

@@ -3,12 +3,18 @@
 1. AR prior: chat-templated prompt -> static-KV decoding of the preview and full token grids (I2I: the
    reference images' VQ ids sit in the prompt and only the full grid is generated).
 2. Glyph-byT5 embeddings of the quoted text (and of "" for the unconditional branch).
-3. I2I: every reference image is VAE-encoded and run once through the DiT to fill its KV cache.
+3. I2I: every reference image is VAE-encoded (at the size its AR grid implies, see ``vae_image``) and
+   run once through the DiT to fill its KV cache.
 4. CFG flow-match denoising from seeded noise; 5. VAE decode to pixels.
+
+Arguments are checked before any model work (``check_request``); non-finite numbers at any stage
+raise ``NonFiniteError`` naming the stage, so no black image is ever returned.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +23,7 @@ import mindspore as ms
 import numpy as np
 from PIL import Image
 
+from ..finite import check_finite
 from ..generation.prior import PriorGenerationConfig, PriorGenerator, PriorTokens
 from ..generation.sampling import SamplingConfig, TokenSampler
 from ..models.ar.image_tokens import encode_reference_images
@@ -31,7 +38,7 @@ from ..scheduler.flow_match import FlowMatchEulerScheduler
 from ..training.lora import apply_adapters
 from ..weights.components import COMPONENTS, load_component
 from .denoise import DenoiseConfig, denoise
-from .vae_image import vae_input
+from .vae_image import size_for_grid, vae_input
 
 REQUIRED_PARTS = ("processor", "tokenizer", "text_encoder", "vision_language_encoder", "transformer", "vae", "scheduler")
 
@@ -50,6 +57,57 @@ class SizeLimits:
                                  f"{max(GRID_FACTOR, int(side) // GRID_FACTOR * GRID_FACTOR)}")
             if not self.min_side <= side <= self.max_side:
                 raise ValueError(f"{name}={side} is outside the supported range {self.min_side}-{self.max_side} px")
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name}={value} must be at least {minimum}")
+    return int(value)
+
+
+def check_request(prompt, height, width, num_inference_steps, guidance_scale, seed, num_images_per_prompt,
+                  limits: SizeLimits = SizeLimits(), names: dict[str, str] | None = None) -> list[str]:
+    """Reject nonsense arguments before any model work; returns the prompts as a list.
+
+    Types are checked (``height="64"`` is a TypeError naming ``height``), guidance must be a finite
+    number >= 0 (<= 1 disables CFG, as in the reference), seeds non-negative integers (one, or one per
+    prompt), prompts text that encodes as UTF-8. ``names`` renames arguments in the messages (the CLI's flags).
+    """
+    label = (names or {}).get
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, str) for p in prompts):
+        raise TypeError(f"{label('prompt', 'prompt')} must be a string or a list of strings, "
+                        f"got {type(prompt).__name__}")
+    if not prompts:
+        raise ValueError("no prompt given")
+    for i, text in enumerate(prompts):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise ValueError(f"{label('prompt', 'prompt')} {i} holds an undecodable byte at character {err.start} "
+                             f"({text[err.start:err.end]!r}); pass UTF-8 text") from None
+    for name, side in (("height", height), ("width", width)):
+        _check_int(label(name, name), side, 1)
+    limits.check(int(height), int(width))
+    _check_int(label("num_inference_steps", "num_inference_steps"), num_inference_steps, 1)
+    _check_int(label("num_images_per_prompt", "num_images_per_prompt"), num_images_per_prompt, 1)
+    guidance = label("guidance_scale", "guidance_scale")
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real):
+        raise TypeError(f"{guidance} must be a number, got {type(guidance_scale).__name__} {guidance_scale!r}")
+    if not math.isfinite(guidance_scale) or guidance_scale < 0:
+        raise ValueError(f"{guidance}={guidance_scale} must be a finite number >= 0 (1.5 is the default; "
+                         "<= 1 turns classifier-free guidance off)")
+    seeds = [seed] if isinstance(seed, numbers.Integral) else seed
+    if not isinstance(seeds, Sequence) or isinstance(seeds, str):
+        raise TypeError(f"{label('seed', 'seed')} must be an integer or one integer per prompt, "
+                        f"got {type(seed).__name__}")
+    for s in seeds:
+        _check_int(label("seed", "seed"), s, 0)
+    if not isinstance(seed, numbers.Integral) and len(seeds) != len(prompts):
+        raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts: give one seed, or one per prompt")
+    return list(prompts)
 
 
 @dataclasses.dataclass
@@ -165,15 +223,17 @@ class GlmImagePipeline:
         the images differ by their noise). ``image`` holds reference images (I2I); ``prior_token_ids``
         (one row per prompt) and ``latents`` (one per image) replace the AR step and the seeded noise. ``seed``
         may be one seed per prompt: its images then depend on that seed only, whatever the batch."""
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not prompts:
-            raise ValueError("no prompt given")
-        if num_images_per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt={num_images_per_prompt} must be at least 1")
-        row_seeds = None if isinstance(seed, (int, np.integer)) else [int(s) for s in seed]
-        if row_seeds is not None and len(row_seeds) != len(prompts):
-            raise ValueError(f"{len(row_seeds)} seeds for {len(prompts)} prompts: give one seed, or one per prompt")
-        self.limits.check(height, width)
+        prompts = check_request(prompt, height, width, num_inference_steps, guidance_scale, seed,
+                                num_images_per_prompt, self.limits)
+        row_seeds = None if isinstance(seed, numbers.Integral) else [int(s) for s in seed]
+        n = num_images_per_prompt
+        latent_shape = (len(prompts) * n, self.transformer.config.in_channels,
+                        height // self.vae_scale_factor, width // self.vae_scale_factor)
+        if latents is not None and tuple(np.shape(latents)) != latent_shape:
+            raise ValueError(f"latents must have shape {latent_shape} (one per image), got {tuple(np.shape(latents))}")
+        if prior_token_ids is not None and (np.ndim(prior_token_ids) != 2 or len(prior_token_ids) != len(prompts)):
+            raise ValueError(f"prior_token_ids must have one row per prompt ({len(prompts)}), "
+                             f"got shape {np.shape(prior_token_ids)}")
         images = self._reference_images(image, len(prompts))
         reference_ids, grids, upsampled = self.encode_references(images) if images is not None else (None, None, None)
         prior, timings = None, Timings(steps=num_inference_steps)
@@ -184,32 +244,39 @@ class GlmImagePipeline:
                                         reference_ids, grids, progress, row_seeds)
             timings.ar_seconds, timings.ar_tokens = time.perf_counter() - start, prior.generated.shape[1]
             prior_token_ids = prior.prior_ids
-        n = num_images_per_prompt
-        glyph, negative = self.glyph.encode_prompt(prompts, guidance_scale > 1, n)
-        cache = self._write_kv_cache(images, upsampled) if images is not None else None
+        glyph = self.glyph.encode_prompt(prompts, guidance_scale > 1, n)
+        for embeddings in (glyph.positive, glyph.negative):
+            if embeddings is not None:
+                check_finite(embeddings, "Glyph-byT5 text encoder")
+        cache = self._write_kv_cache(images, grids, upsampled) if images is not None else None
         if latents is None:
-            shape = (n, self.transformer.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
-            latents = (np.random.default_rng(seed).standard_normal((len(prompts) * n, *shape[1:]), dtype=np.float32)
+            shape = (n, *latent_shape[1:])
+            latents = (np.random.default_rng(seed).standard_normal(latent_shape, dtype=np.float32)
                        if row_seeds is None else
                        np.concatenate([np.random.default_rng(s).standard_normal(shape, dtype=np.float32) for s in row_seeds]))
+        check_finite(np.asarray(latents), "initial latents")
         prior_token_ids = np.repeat(np.asarray(prior_token_ids, dtype=np.int64), n, axis=0)
         start = time.perf_counter()
-        final = denoise(self.transformer, self.scheduler, latents, prior_token_ids, glyph, negative, height, width,
+        final = denoise(self.transformer, self.scheduler, latents, prior_token_ids, glyph.positive, glyph.negative,
+                        height, width,
                         DenoiseConfig(num_inference_steps, guidance_scale, self.vae_scale_factor, progress=progress),
-                        cache)
+                        cache, glyph.mask)
         timings.denoise_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        pixels = postprocess_images(self.vae.decode(denormalize_latents(ms.Tensor(final), self.vae.config)))
+        decoded = check_finite(self.vae.decode(denormalize_latents(ms.Tensor(final), self.vae.config)), "VAE decode")
+        pixels = postprocess_images(decoded)  # clipping would hide an inf, hence the check before it
         timings.decode_seconds = time.perf_counter() - start
         return PipelineOutput([Image.fromarray(p) for p in to_uint8(pixels)], pixels, prior, timings)
 
-    def _write_kv_cache(self, images: list[list[Image.Image]], upsampled: list) -> GlmImageKVCache:
+    def _write_kv_cache(self, images: list[list[Image.Image]], grids: list, upsampled: list) -> GlmImageKVCache:
         cache = GlmImageKVCache(self.transformer)
         multiple = self.vae_scale_factor * self.transformer.config.patch_size
-        for row, ids_row in zip(images, upsampled):
-            for img, ids in zip(row, ids_row):
-                pixels, size = vae_input(img, multiple)
-                latent = normalize_latents(self.vae.encode_mode(pixels), self.vae.config)
+        for row, grid_row, ids_row in zip(images, grids, upsampled):
+            for img, (_, grid_h, grid_w), ids in zip(row, grid_row, ids_row):
+                size = size_for_grid(grid_h, grid_w, multiple)
+                pixels = vae_input(img, size)
+                latent = check_finite(normalize_latents(self.vae.encode_mode(pixels), self.vae.config),
+                                      "VAE encode of a reference image")
                 cache.write(latent, ids[None], size)
             cache.next_sample()
         return cache

@@ -1,5 +1,10 @@
-"""Reference fixture: the DiT at its real width (diffusers defaults: 64 heads x 40, glyph dim 1472, prior
-codebook 16384) with ONE block, bf16-rounded random weights (the checkpoint's dtype), one T2I forward."""
+"""Reference fixture: the DiT at the real checkpoint's width (configs/glm_image/transformer/config.json:
+32 heads x 128 = 4096, glyph dim 1472, prior codebook 16384) with ONE block (memory: ~0.35 B parameters),
+bf16-rounded random weights (the checkpoint's dtype), one T2I forward."""
+# fixture-depends: configs/glm_image/transformer/config.json
+import json
+from pathlib import Path
+
 import torch
 from diffusers.models.transformers.transformer_glm_image import GlmImageTransformer2DModel
 
@@ -7,7 +12,8 @@ from common import out_dir, save_arrays, seed_all
 
 out = out_dir()
 seed_all(0)
-model = GlmImageTransformer2DModel(num_layers=1).eval()
+config = json.loads((Path(__file__).resolve().parents[2] / "configs/glm_image/transformer/config.json").read_text())
+model = GlmImageTransformer2DModel.from_config({**config, "num_layers": 1}).eval()
 with torch.no_grad():
     for name, p in model.named_parameters():
         std = 0.02 if p.ndim > 1 else 0.05

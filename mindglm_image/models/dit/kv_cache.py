@@ -56,7 +56,7 @@ class GlmImageKVCache:
         drop = np.zeros(tuple(ids.shape), dtype=bool)
         inputs = transformer_inputs(self.config, latents, None, ids, drop, Tensor([0.0]),
                                     Tensor([[float(image_size[0]), float(image_size[1])]]), Tensor([[0.0, 0.0]]))
-        latents, _, ids, drop, step, size, crop, cos, sin = inputs
+        latents, _, ids, drop, step, size, crop, cos, sin, _ = inputs
         sample, keys, values = self.writer(latents, ids, drop, step, size, crop, cos, sin)
         if len(self.keys) <= self.sample:
             self.keys.append(keys)

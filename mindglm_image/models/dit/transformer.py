@@ -5,7 +5,9 @@ its projected prior-token embedding). Every block modulates the two streams sepa
 runs joint attention with qk layer-norm and a 2-D rotary embedding on the patch tokens only, and a
 shared GELU(tanh) feed-forward. Reference-image keys/values (image-to-image) enter each block's
 attention as extra context; ``forward_with_kv`` also returns each block's own keys/values so the
-reference pass can produce them (see ``kv_cache.py``).
+reference pass can produce them (see ``kv_cache.py``). A batch of prompts with glyph texts of different
+lengths is left-padded; ``text_bias`` (0 on real tokens, a large negative on padding) keeps the padding
+out of every softmax, so an image does not depend on its batch-mates (the reference attends to it).
 
 Shape-dependent inputs (rotary tables) are computed on the host by ``transformer_inputs``, so the
 compiled graph is static per (batch, text length, latent size, cache length).
@@ -24,6 +26,7 @@ from ..layers import Embedding, Linear, layer_norm
 from .rotary import rotary_tables
 
 _NORM_EPS = 1e-5
+_MASKED = float(np.finfo(np.float32).min)  # additive score bias of a padded glyph token: exp() gives exactly 0
 
 
 def _modulate(x, shift, scale):
@@ -153,8 +156,10 @@ class GlmImageAttention(nn.Cell):
         self.to_v = Linear(dim, inner, dtype=dtype)
         self.to_out = nn.CellList([Linear(inner, dim, dtype=dtype)])
 
-    def construct(self, hidden_states, encoder_hidden_states, rope_cos, rope_sin, cache_key, cache_value):
-        """Returns (image out, text out or None, keys, values); keys/values (B, S, H, d) exclude the cache."""
+    def construct(self, hidden_states, encoder_hidden_states, rope_cos, rope_sin, cache_key, cache_value,
+                  text_bias=None):
+        """Returns (image out, text out or None, keys, values); keys/values (B, S, H, d) exclude the cache.
+        ``text_bias`` (B, T) float32 is added to the scores of the text keys (None: no padding)."""
         b = hidden_states.shape[0]
         if encoder_hidden_states is None:
             tokens = hidden_states
@@ -178,6 +183,12 @@ class GlmImageAttention(nn.Cell):
         k = all_keys.permute(0, 2, 3, 1)
         v = all_values.permute(0, 2, 1, 3)
         scores = mint.matmul(q, k).astype(ms.float32) * self.scale
+        if text_bias is not None:
+            # keys are [cache | text | image]: only the text part carries padding
+            bias = mint.cat((text_bias, mint.zeros((b, hidden_states.shape[1]), dtype=ms.float32)), 1)
+            if cache_key is not None:  # cat, not list.insert: that falls back to Python in graph mode
+                bias = mint.cat((mint.zeros((b, cache_key.shape[1]), dtype=ms.float32), bias), 1)
+            scores = scores + bias.reshape(b, 1, 1, -1)
         probs = mint.nn.functional.softmax(scores, -1).astype(v.dtype)
         out = mint.matmul(probs, v).permute(0, 2, 1, 3).reshape(b, -1, self.heads * self.head_dim)
         out = self.to_out[0](out)
@@ -211,13 +222,15 @@ class GlmImageTransformerBlock(nn.Cell):
     def _feed_forward(self, x, mod):
         return x + self.ff(_modulate(layer_norm(x, _NORM_EPS), mod[:, 3], mod[:, 4])) * mod[:, 5].unsqueeze(1)
 
-    def construct(self, hidden_states, encoder_hidden_states, temb, rope_cos, rope_sin, cache_key, cache_value):
+    def construct(self, hidden_states, encoder_hidden_states, temb, rope_cos, rope_sin, cache_key, cache_value,
+                  text_bias=None):
         img_mod, txt_mod = self.norm1(temb)
         norm_h = _modulate(layer_norm(hidden_states, _NORM_EPS), img_mod[:, 0], img_mod[:, 1])
         norm_e = None
         if encoder_hidden_states is not None:
             norm_e = _modulate(layer_norm(encoder_hidden_states, _NORM_EPS), txt_mod[:, 0], txt_mod[:, 1])
-        attn_h, attn_e, key, value = self.attn1(norm_h, norm_e, rope_cos, rope_sin, cache_key, cache_value)
+        attn_h, attn_e, key, value = self.attn1(norm_h, norm_e, rope_cos, rope_sin, cache_key, cache_value,
+                                                text_bias)
         hidden_states = self._feed_forward(hidden_states + attn_h * img_mod[:, 2].unsqueeze(1), img_mod)
         if encoder_hidden_states is not None:
             encoder_hidden_states = self._feed_forward(
@@ -267,16 +280,22 @@ class GlmImageTransformer2DModel(nn.Cell):
         self.proj_out = Linear(inner, config.patch_size ** 2 * config.out_channels, dtype=dtype)
 
     def construct(self, hidden_states, encoder_hidden_states, prior_token_id, prior_token_drop, timestep,
-                  target_size, crop_coords, rope_cos, rope_sin, cache_key=None, cache_value=None):
+                  target_size, crop_coords, rope_cos, rope_sin, text_bias=None, cache_key=None, cache_value=None):
         """Velocity (B, out_channels, H, W). ``cache_key``/``cache_value`` (L, B, Lc, heads, head_dim): read mode."""
-        sample, _, _ = self.forward_with_kv(hidden_states, encoder_hidden_states, prior_token_id, prior_token_drop,
-                                            timestep, target_size, crop_coords, rope_cos, rope_sin,
-                                            cache_key, cache_value)
-        return sample
+        return self._forward(hidden_states, encoder_hidden_states, prior_token_id, prior_token_drop, timestep,
+                             target_size, crop_coords, rope_cos, rope_sin, cache_key, cache_value, text_bias, False)
 
     def forward_with_kv(self, hidden_states, encoder_hidden_states, prior_token_id, prior_token_drop, timestep,
-                        target_size, crop_coords, rope_cos, rope_sin, cache_key, cache_value):
+                        target_size, crop_coords, rope_cos, rope_sin, cache_key, cache_value, text_bias=None):
         """(sample, keys, values); keys/values (L, B, S, heads, head_dim) are every block's own, uncached."""
+        return self._forward(hidden_states, encoder_hidden_states, prior_token_id, prior_token_drop, timestep,
+                             target_size, crop_coords, rope_cos, rope_sin, cache_key, cache_value, text_bias, True)
+
+    def _forward(self, hidden_states, encoder_hidden_states, prior_token_id, prior_token_drop, timestep,
+                 target_size, crop_coords, rope_cos, rope_sin, cache_key, cache_value, text_bias, with_kv: bool):
+        # ``with_kv`` is a compile-time constant: the velocity-only graph never collects keys/values. (Collecting
+        # and then discarding them left list appends, side effects in graph mode, that MindSpore removed with a
+        # "Some side effect nodes were eliminated by mistake" warning on every compile.)
         b, _, height, width = hidden_states.shape
         p = self.patch_size
         x = self.image_projector(hidden_states.astype(self.compute_dtype))
@@ -291,27 +310,33 @@ class GlmImageTransformer2DModel(nn.Cell):
         values = []
         for i, block in enumerate(self.transformer_blocks):
             if cache_key is None:
-                x, text, key, value = block(x, text, temb, rope_cos, rope_sin, None, None)
+                x, text, key, value = block(x, text, temb, rope_cos, rope_sin, None, None, text_bias)
             else:
-                x, text, key, value = block(x, text, temb, rope_cos, rope_sin, cache_key[i], cache_value[i])
-            keys.append(key)
-            values.append(value)
+                x, text, key, value = block(x, text, temb, rope_cos, rope_sin, cache_key[i], cache_value[i],
+                                            text_bias)
+            if with_kv:
+                keys.append(key)
+                values.append(value)
         x = self.proj_out(self.norm_out(x, temb))
         x = x.reshape(b, height // p, width // p, self.out_channels, p, p).permute(0, 3, 1, 4, 2, 5)
         sample = x.reshape(b, self.out_channels, height, width)
-        return sample, ops.stack(keys), ops.stack(values)
+        if with_kv:
+            return sample, ops.stack(keys), ops.stack(values)
+        return sample
 
 
 def transformer_inputs(config: GlmImageTransformerConfig, hidden_states, encoder_hidden_states, prior_token_id,
-                       prior_token_drop, timestep, target_size, crop_coords) -> tuple:
-    """Check one call's inputs and return them as tensors, rotary tables appended, in ``construct`` order.
+                       prior_token_drop, timestep, target_size, crop_coords, encoder_attention_mask=None) -> tuple:
+    """Check one call's inputs and return them as tensors, rotary tables and text bias appended, in
+    ``construct`` order (cache tensors, if any, follow).
 
     hidden_states (B, in_channels, H, W) float latents, H and W divisible by patch_size;
     encoder_hidden_states (B, T, text_embed_dim) glyph embeddings, or None (no text: the KV-cache write pass);
     prior_token_id (B, H/p * W/p) ids; prior_token_drop the same shape, bool (True zeroes that prior
     embedding: the unconditional pass); timestep (B,) (the pipeline passes t - 1); target_size and
-    crop_coords (B, 2): pixel (height, width) and top-left crop. numpy arrays or MindSpore tensors;
-    tensors are passed through unconverted (no host round trip in the denoising loop).
+    crop_coords (B, 2): pixel (height, width) and top-left crop; encoder_attention_mask (B, T) bool, False
+    on padded glyph tokens, or None (no bias input: every token attended). numpy arrays or MindSpore tensors; tensors are passed through
+    unconverted (no host round trip in the denoising loop).
     """
     if len(hidden_states.shape) != 4 or hidden_states.shape[1] != config.in_channels:
         raise ValueError(f"hidden_states must be (batch, {config.in_channels}, height, width) latents, "
@@ -336,11 +361,20 @@ def transformer_inputs(config: GlmImageTransformerConfig, hidden_states, encoder
     for name, value in (("target_size", target_size), ("crop_coords", crop_coords)):
         if tuple(value.shape) != (b, 2):
             raise ValueError(f"{name} must have shape ({b}, 2), got {tuple(value.shape)}")
+    text_bias = None
+    if encoder_attention_mask is not None:
+        mask = np.asarray(encoder_attention_mask, dtype=bool)
+        if encoder_hidden_states is None or mask.shape != tuple(encoder_hidden_states.shape[:2]):
+            raise ValueError(f"encoder_attention_mask must have the shape (batch, tokens) of encoder_hidden_states, "
+                             f"got {mask.shape}")
+        if not mask.any(axis=1).all():
+            raise ValueError("encoder_attention_mask masks every glyph token of a sample; keep at least one")
+        text_bias = Tensor(np.where(mask, np.float32(0), np.float32(_MASKED)))
     cos, sin = _rotary(config.attention_head_dim, h // p, w // p)
     return (_tensor(hidden_states, np.float32), None if encoder_hidden_states is None else
             _tensor(encoder_hidden_states, np.float32), _tensor(prior_token_id, np.int32),
             _tensor(prior_token_drop, np.bool_), _tensor(timestep, np.float32), _tensor(target_size, np.float32),
-            _tensor(crop_coords, np.float32), cos, sin)
+            _tensor(crop_coords, np.float32), cos, sin, text_bias)
 
 
 @functools.lru_cache(maxsize=16)

@@ -4,9 +4,13 @@ Per prompt, as the reference pipeline: the spans (or [""] when there are none) a
 ``</s>``, every span gets one pad id in front when the span count is even, spans are right-padded to
 the longest and encoded in one batch with the key mask; the states of the unpadded tokens (the pad
 prefix included, it is unmasked) are concatenated in span order. A batch of prompts is then
-left-padded with zeros to the longest. The negative (CFG) branch encodes "" per prompt.
+left-padded with zeros to the longest; the padding mask goes with the embeddings so the DiT can ignore
+the padding (the reference attends to it, making an image depend on its batch-mates). The negative
+(CFG) branch encodes "" per prompt.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import mindspore as ms
 import numpy as np
@@ -30,6 +34,14 @@ def glyph_token_batch(tokenizer: ByT5Tokenizer, spans: list[str], max_length: in
         input_ids[i, :len(row)] = row
         mask[i, :len(row)] = 1
     return input_ids, mask
+
+
+class PromptEmbeddings(NamedTuple):
+    """What the DiT needs from the prompts, each row repeated per image of its prompt."""
+
+    positive: ms.Tensor             # (B, T, d_model), left-padded with zeros
+    negative: ms.Tensor | None      # (B, T_neg, d_model) embeddings of "", None without CFG
+    mask: np.ndarray | None         # (B, T) bool, False on the padding of ``positive``; None: no padding
 
 
 class GlyphEncoder:
@@ -60,28 +72,37 @@ class GlyphEncoder:
 
     def encode(self, prompt: str | list[str]) -> ms.Tensor:
         """(batch, tokens, d_model) in the encoder's dtype; shorter prompts are zero-padded on the left."""
+        return self.encode_padded(prompt)[0]
+
+    def encode_padded(self, prompt: str | list[str]) -> tuple[ms.Tensor, np.ndarray | None]:
+        """``encode``'s embeddings and their (batch, tokens) bool mask, False on padding (None: none padded)."""
         per_prompt = [self._encode_spans(spans) for spans in extract_glyph_texts(prompt)]
         if not per_prompt:
             raise ValueError("GlyphEncoder.encode: empty prompt list; pass at least one prompt")
-        longest = max(e.shape[0] for e in per_prompt)
+        lengths = [e.shape[0] for e in per_prompt]
+        longest = max(lengths)
         rows = []
         for emb in per_prompt:
             if emb.shape[0] < longest:
                 pad = mint.zeros((longest - emb.shape[0], emb.shape[1]), dtype=emb.dtype)
                 emb = mint.cat([pad, emb], dim=0)
             rows.append(emb)
-        return ops.stack(rows, 0)
+        mask = np.arange(longest)[None, :] >= longest - np.asarray(lengths)[:, None]
+        return ops.stack(rows, 0), None if mask.all() else mask
 
     def encode_prompt(self, prompt: str | list[str], do_classifier_free_guidance: bool = True,
-                      num_images_per_prompt: int = 1) -> tuple[ms.Tensor, ms.Tensor | None]:
-        """Conditional embeddings and, for CFG, the embeddings of "" per prompt; each repeated per image."""
+                      num_images_per_prompt: int = 1) -> PromptEmbeddings:
+        """Conditional embeddings (with their padding mask) and, for CFG, the embeddings of "" per prompt;
+        each repeated per image."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt={num_images_per_prompt} must be at least 1")
-        positive = self.encode(prompts)
+        positive, mask = self.encode_padded(prompts)
         negative = self.encode([""] * len(prompts)) if do_classifier_free_guidance else None
         if num_images_per_prompt > 1:
             positive = ops.repeat_interleave(positive, num_images_per_prompt, 0)
             if negative is not None:
                 negative = ops.repeat_interleave(negative, num_images_per_prompt, 0)
-        return positive, negative
+            if mask is not None:
+                mask = np.repeat(mask, num_images_per_prompt, axis=0)
+        return PromptEmbeddings(positive, negative, mask)
