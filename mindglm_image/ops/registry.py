@@ -1,0 +1,79 @@
+"""The one place that picks each operator's implementation, by device and ``MINDGLM_KERNELS``.
+
+``MINDGLM_KERNELS=composite`` runs the readable MindSpore compositions everywhere (the oracle);
+``fused`` picks the device's fused implementation: MindSpore's built-in Ascend kernels on Ascend, the
+C++ twins of ``kernels/cpu`` on CPU (the composite where an operator has none, or no compiler was
+found). Unset: fused on Ascend, composite elsewhere. Cells resolve their operators once, when built
+(graph mode compiles the chosen Python function like any other), and the choice is logged once per
+(device, mode).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Callable
+
+import mindspore as ms
+
+from . import attention, cpu_twins, gated_activation, layer_norm, rms_norm, rotary
+
+KERNEL_MODES = ("composite", "fused")
+_ENV = "MINDGLM_KERNELS"
+_log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Implementation:
+    """One operator's chosen implementation: ``kind`` is composite, ascend or cpu_twin."""
+
+    op: str
+    kind: str
+    fn: Callable
+
+
+# operator -> (composite, Ascend built-in or None)
+_OPS: dict[str, tuple[Callable, Callable | None]] = {
+    "attention": (attention.attention, attention.attention_ascend),
+    "rms_norm": (rms_norm.rms_norm, rms_norm.rms_norm_ascend),
+    "add_rms_norm": (rms_norm.add_rms_norm, rms_norm.add_rms_norm_ascend),
+    "layer_norm": (layer_norm.layer_norm, layer_norm.layer_norm_ascend),
+    "ada_layer_norm": (layer_norm.ada_layer_norm, layer_norm.ada_layer_norm_ascend),
+    "rotary": (rotary.apply_rotary, rotary.apply_rotary_ascend),
+    "swiglu": (gated_activation.swiglu, gated_activation.swiglu_ascend),
+}
+_logged: set[tuple[str, str]] = set()
+
+
+def kernel_mode(device: str) -> str:
+    """``MINDGLM_KERNELS`` if set (checked), else fused on Ascend and composite elsewhere."""
+    mode = os.environ.get(_ENV, "").strip().lower()
+    if not mode:
+        return "fused" if device == "Ascend" else "composite"
+    if mode not in KERNEL_MODES:
+        raise ValueError(f"{_ENV}={mode!r} is not one of {', '.join(KERNEL_MODES)}; unset it for the device default")
+    return mode
+
+
+def _choose(op: str, device: str, mode: str) -> Implementation:
+    composite, ascend = _OPS[op]
+    if mode == "fused" and device == "Ascend" and ascend is not None:
+        return Implementation(op, "ascend", ascend)
+    if mode == "fused" and device == "CPU":
+        twin = cpu_twins.cpu_twin(op)
+        if twin is not None:
+            return Implementation(op, "cpu_twin", twin)
+    return Implementation(op, "composite", composite)
+
+
+def resolve(op: str, device: str | None = None, mode: str | None = None) -> Implementation:
+    """The implementation of ``op`` on ``device`` (default: MindSpore's current device target)."""
+    if op not in _OPS:
+        raise KeyError(f"unknown operator {op!r}; known: {', '.join(_OPS)}")
+    device = device or ms.get_context("device_target")
+    mode = mode or kernel_mode(device)
+    if (device, mode) not in _logged:
+        _logged.add((device, mode))
+        table = ", ".join(f"{name}={_choose(name, device, mode).kind}" for name in _OPS)
+        _log.info("kernels on %s (%s=%s): %s", device, _ENV, mode, table)
+    return _choose(op, device, mode)
