@@ -29,7 +29,7 @@ class Implementation:
 
     op: str
     kind: str
-    fn: Callable
+    fn: Callable  # a function, or for a CPU twin a Cell of its own
 
 
 # operator -> (composite, Ascend built-in or None)
@@ -55,25 +55,31 @@ def kernel_mode(device: str) -> str:
     return mode
 
 
-def _choose(op: str, device: str, mode: str) -> Implementation:
-    composite, ascend = _OPS[op]
-    if mode == "fused" and device == "Ascend" and ascend is not None:
-        return Implementation(op, "ascend", ascend)
-    if mode == "fused" and device == "CPU":
-        twin = cpu_twins.cpu_twin(op)
-        if twin is not None:
-            return Implementation(op, "cpu_twin", twin)
-    return Implementation(op, "composite", composite)
+def _kind(op: str, device: str, mode: str) -> str:
+    """composite, ascend or cpu_twin: what ``resolve`` picks (building the CPU kernels if needed)."""
+    if mode == "fused" and device == "Ascend" and _OPS[op][1] is not None:
+        return "ascend"
+    if mode == "fused" and device == "CPU" and cpu_twins.has_twin(op):
+        return "cpu_twin"
+    return "composite"
 
 
 def resolve(op: str, device: str | None = None, mode: str | None = None) -> Implementation:
     """The implementation of ``op`` on ``device`` (default: MindSpore's current device target)."""
-    if op not in _OPS:
-        raise KeyError(f"unknown operator {op!r}; known: {', '.join(_OPS)}")
     device = device or ms.get_context("device_target")
     mode = mode or kernel_mode(device)
     if (device, mode) not in _logged:
         _logged.add((device, mode))
-        table = ", ".join(f"{name}={_choose(name, device, mode).kind}" for name in _OPS)
+        table = ", ".join(f"{name}={_kind(name, device, mode)}" for name in _OPS)
         _log.info("kernels on %s (%s=%s): %s", device, _ENV, mode, table)
-    return _choose(op, device, mode)
+    kind = kind_of(op, device, mode)
+    composite, ascend = _OPS[op]
+    fn = {"composite": composite, "ascend": ascend}.get(kind) or cpu_twins.cpu_twin(op)
+    return Implementation(op, kind, fn)
+
+
+def kind_of(op: str, device: str, mode: str) -> str:
+    """Which kind ``resolve`` picks for ``op`` on ``device`` under ``mode``, without building a cell."""
+    if op not in _OPS:
+        raise KeyError(f"unknown operator {op!r}; known: {', '.join(_OPS)}")
+    return _kind(op, device, mode)
