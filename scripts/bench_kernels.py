@@ -119,6 +119,9 @@ def main() -> None:
         print(json.dumps(bench_e2e(args.e2e_child, args.height, args.width, args.steps, args.repeats)))
         return
 
+    from mindglm_image.runtime import setup_runtime
+
+    setup_runtime("CPU")  # graph mode, as the pipeline runs
     ref = subprocess.run([args.ref_python, str(ROOT / "scripts/reference/bench_kernels_ref.py"), json.dumps(CASES),
                           str(args.repeats)], capture_output=True, text=True, check=True)
     ref_ops = json.loads(ref.stdout.strip().splitlines()[-1])
@@ -129,10 +132,8 @@ def main() -> None:
                                       "twin_vs_torch": round(ref_ops[name] / row["fused"], 2)}
                                for name, row in ops.items()}}
     if not args.skip_e2e:
-        from mindglm_image.runtime import setup_runtime
         from mindglm_image.tiny_model import make_tiny_model
 
-        setup_runtime("CPU")
         model = str(args.model or make_tiny_model(Path(tempfile.mkdtemp()) / "tiny", progress=False))
         proc = subprocess.run([args.ref_python, str(ROOT / "scripts/reference/bench_generate_ref.py"), model,
                                str(args.height), str(args.width), str(args.steps), str(args.repeats)],

@@ -1,7 +1,8 @@
 """The one place that picks each operator's implementation, by device and ``MINDGLM_KERNELS``.
 
 ``MINDGLM_KERNELS=composite`` runs the readable MindSpore compositions everywhere (the oracle);
-``fused`` picks the device's fused implementation: MindSpore's built-in Ascend kernels on Ascend, the
+``fused`` picks the device's fused implementation: MindSpore's built-in Ascend kernels on Ascend (our
+AscendC operators of ``kernels/ascendc`` instead where their package is installed), the
 C++ twins of ``kernels/cpu`` on CPU (the composite where an operator has none, or no compiler was
 found). Unset: fused on Ascend, composite elsewhere. Cells resolve their operators once, when built
 (graph mode compiles the chosen Python function like any other), and the choice is logged once per
@@ -16,7 +17,7 @@ from typing import Callable
 
 import mindspore as ms
 
-from . import attention, cpu_twins, gated_activation, layer_norm, rms_norm, rotary
+from . import adamw_ema, ascendc, attention, cpu_twins, gated_activation, layer_norm, rms_norm, rotary
 
 KERNEL_MODES = ("composite", "fused")
 _ENV = "MINDGLM_KERNELS"
@@ -25,11 +26,12 @@ _log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class Implementation:
-    """One operator's chosen implementation: ``kind`` is composite, ascend or cpu_twin."""
+    """One operator's chosen implementation: ``kind`` is composite, ascend (built-in), ascendc (our custom
+    operator) or cpu_twin."""
 
     op: str
     kind: str
-    fn: Callable  # a function, or for a CPU twin a Cell of its own
+    fn: Callable  # a function, or for a CPU twin / AscendC op a Cell of its own
 
 
 # operator -> (composite, Ascend built-in or None)
@@ -41,7 +43,10 @@ _OPS: dict[str, tuple[Callable, Callable | None]] = {
     "ada_layer_norm": (layer_norm.ada_layer_norm, layer_norm.ada_layer_norm_ascend),
     "rotary": (rotary.apply_rotary, rotary.apply_rotary_ascend),
     "swiglu": (gated_activation.swiglu, gated_activation.swiglu_ascend),
+    "adamw_ema": (adamw_ema.adamw_ema, None),  # AscendC AdamWEma: ascendc.adamw_ema_op (attributes fixed per optimizer)
 }
+# operator -> AscendC custom cell used on Ascend instead of the built-in when our op package is installed
+_ASCENDC = {"ada_layer_norm": ascendc.AdaLayerNormAscendC}
 _logged: set[tuple[str, str]] = set()
 
 
@@ -56,7 +61,9 @@ def kernel_mode(device: str) -> str:
 
 
 def _kind(op: str, device: str, mode: str) -> str:
-    """composite, ascend or cpu_twin: what ``resolve`` picks (building the CPU kernels if needed)."""
+    """composite, ascendc, ascend or cpu_twin: what ``resolve`` picks (building the CPU kernels if needed)."""
+    if mode == "fused" and device == "Ascend" and op in _ASCENDC and ascendc.installed():
+        return "ascendc"
     if mode == "fused" and device == "Ascend" and _OPS[op][1] is not None:
         return "ascend"
     if mode == "fused" and device == "CPU" and cpu_twins.has_twin(op):
@@ -74,6 +81,8 @@ def resolve(op: str, device: str | None = None, mode: str | None = None) -> Impl
         _log.info("kernels on %s (%s=%s): %s", device, _ENV, mode, table)
     kind = kind_of(op, device, mode)
     composite, ascend = _OPS[op]
+    if kind == "ascendc":
+        return Implementation(op, kind, _ASCENDC[op]())
     fn = {"composite": composite, "ascend": ascend}.get(kind) or cpu_twins.cpu_twin(op)
     return Implementation(op, kind, fn)
 

@@ -1,5 +1,6 @@
 // Host side of AdaLayerNorm: op definition, shape inference and tiling.
 // y = LayerNorm(x) * (1 + scale[b]) + shift[b] for x (B, S, D), shift/scale (B, D); statistics in fp32.
+// epsilon is a (1,) fp32 input read by the kernel (one compiled op for every epsilon, as the CPU twin).
 #include "ada_layer_norm_tiling.h"
 #include "ada_layer_norm_tiling_plan.h"
 #include "register/op_def_registry.h"
@@ -22,7 +23,6 @@ static ge::graphStatus TilingFunc(gert::TilingContext *context) {
   tiling.set_rowLen(plan.row_len);
   tiling.set_seqLen(plan.seq_len);
   tiling.set_rowsPerTile(plan.rows_per_tile);
-  tiling.set_epsilon(*context->GetAttrs()->GetAttrPointer<float>(0));
   context->SetBlockDim(plan.block_dim);
   tiling.SaveToBuffer(context->GetRawTilingData()->GetData(), context->GetRawTilingData()->GetCapacity());
   context->GetRawTilingData()->SetDataSize(tiling.GetDataSize());
@@ -48,8 +48,8 @@ class AdaLayerNorm : public OpDef {
     for (const char *input : {"x", "shift", "scale"}) {
       this->Input(input).ParamType(REQUIRED).DataType({ge::DT_FLOAT, ge::DT_BF16}).Format({ge::FORMAT_ND, ge::FORMAT_ND});
     }
+    this->Input("epsilon").ParamType(REQUIRED).DataType({ge::DT_FLOAT, ge::DT_FLOAT}).Format({ge::FORMAT_ND, ge::FORMAT_ND});
     this->Output("y").ParamType(REQUIRED).DataType({ge::DT_FLOAT, ge::DT_BF16}).Format({ge::FORMAT_ND, ge::FORMAT_ND});
-    this->Attr("epsilon").AttrType(OPTIONAL).Float(1e-5f);
     this->SetInferShape(ge::InferShape).SetInferDataType(ge::InferDataType);
     this->AICore().SetTiling(optiling::TilingFunc).AddConfig("ascend910b");
   }

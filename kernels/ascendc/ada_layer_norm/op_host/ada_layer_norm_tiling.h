@@ -8,7 +8,6 @@ TILING_DATA_FIELD_DEF(uint32_t, lastCoreRows);
 TILING_DATA_FIELD_DEF(uint32_t, rowLen);
 TILING_DATA_FIELD_DEF(uint32_t, seqLen);
 TILING_DATA_FIELD_DEF(uint32_t, rowsPerTile);
-TILING_DATA_FIELD_DEF(float, epsilon);
 END_TILING_DATA_DEF;
 
 REGISTER_TILING_DATA_CLASS(AdaLayerNorm, AdaLayerNormTilingData)

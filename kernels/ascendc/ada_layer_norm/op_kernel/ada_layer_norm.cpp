@@ -8,11 +8,13 @@ using namespace AscendC;
 template <typename T>
 class AdaLayerNormKernel {
  public:
-  __aicore__ inline void Init(GM_ADDR x, GM_ADDR shift, GM_ADDR scale, GM_ADDR y, const AdaLayerNormTilingData &t) {
+  __aicore__ inline void Init(GM_ADDR x, GM_ADDR shift, GM_ADDR scale, GM_ADDR eps, GM_ADDR y,
+                              const AdaLayerNormTilingData &t) {
     rowLen_ = t.rowLen;
     seqLen_ = t.seqLen;
     rowsPerTile_ = t.rowsPerTile;
-    eps_ = t.epsilon;
+    epsGm_.SetGlobalBuffer((__gm__ float *)eps, 1);
+    eps_ = epsGm_.GetValue(0);
     firstRow_ = GetBlockIdx() * t.rowsPerCore;
     rows_ = GetBlockIdx() == GetBlockNum() - 1 ? t.lastCoreRows : t.rowsPerCore;
     xGm_.SetGlobalBuffer((__gm__ T *)x + firstRow_ * rowLen_, rows_ * rowLen_);
@@ -109,17 +111,18 @@ class AdaLayerNormKernel {
   TQue<QuePosition::VECOUT, 1> outQueue_;
   TBuf<QuePosition::VECCALC> work_, square_, modBuf_, modIn_, reduceBuf_;
   GlobalTensor<T> xGm_, yGm_, shiftGm_, scaleGm_;
+  GlobalTensor<float> epsGm_;
   uint32_t rowLen_, seqLen_, rowsPerTile_, firstRow_, rows_;
   uint32_t currentSample_ = 0xFFFFFFFFu;
   float eps_;
 };
 
-extern "C" __global__ __aicore__ void ada_layer_norm(GM_ADDR x, GM_ADDR shift, GM_ADDR scale, GM_ADDR y,
+extern "C" __global__ __aicore__ void ada_layer_norm(GM_ADDR x, GM_ADDR shift, GM_ADDR scale, GM_ADDR eps, GM_ADDR y,
                                                      GM_ADDR workspace, GM_ADDR tiling) {
   GET_TILING_DATA(t, tiling);
   if (TILING_KEY_IS(0)) {
     AdaLayerNormKernel<DTYPE_X> op;
-    op.Init(x, shift, scale, y, t);
+    op.Init(x, shift, scale, eps, y, t);
     op.Process();
   }
 }
