@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -38,7 +37,9 @@ CASES = {
 
 
 def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak RSS (VmHWM: per address space, so not inherited from the parent as ru_maxrss is)."""
+    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
 
 
 def _inputs(spec: dict) -> dict:
@@ -135,11 +136,15 @@ def main() -> None:
         from mindglm_image.tiny_model import make_tiny_model
 
         model = str(args.model or make_tiny_model(Path(tempfile.mkdtemp()) / "tiny", progress=False))
-        proc = subprocess.run([args.ref_python, str(ROOT / "scripts/reference/bench_generate_ref.py"), model,
-                               str(args.height), str(args.width), str(args.steps), str(args.repeats)],
+        # the reference script run in-process by a wrapper that prints its VmHWM afterwards
+        wrapper = ("import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__'); "
+                   "print([l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1])")
+        proc = subprocess.run([args.ref_python, "-c", wrapper, str(ROOT / "scripts/reference/bench_generate_ref.py"),
+                               model, str(args.height), str(args.width), str(args.steps), str(args.repeats)],
                               capture_output=True, text=True, check=True)
-        r = json.loads(proc.stdout.strip().splitlines()[-1])
-        ref_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the biggest child so far
+        *_, ref_line, ref_kb = proc.stdout.strip().splitlines()
+        r = json.loads(ref_line)
+        ref_peak = int(ref_kb) / 1024
         e2e = {"reference": {"ar_tok_per_s": r["ar_tokens"] / r["ar_s"], "s_per_step": r["denoise_s"] / r["steps"],
                              "peak_rss_mb": ref_peak}}
         for mode in ("composite", "fused"):

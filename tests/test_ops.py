@@ -93,23 +93,27 @@ def _both(op, args, *constants):
     return composite, twin
 
 
-def _close(a, b, tol=2e-6):
+def _close(a, b, tol=2e-6, report=None, name=""):
+    """Twin ``b`` within ``tol`` of composite ``a`` (relative to max|a|, at least 1); worst error reported."""
     a, b = (x.asnumpy() for x in (a, b))
     assert a.shape == b.shape
-    assert np.abs(a - b).max() <= tol * max(np.abs(a).max(), 1.0)
+    err = float(np.abs(a - b).max() / max(np.abs(a).max(), 1.0))
+    if report is not None:
+        report[f"cpu_twin/{name}"] = max(report.get(f"cpu_twin/{name}", 0.0), err)
+    assert err <= tol
 
 
 @pytest.mark.parametrize("shape", [(3, 7, 33), (1, 1, 64), (2, 5, 1)])
-def test_norm_twins(shape):
+def test_norm_twins(shape, parity_report):
     rng = np.random.default_rng(0)
     x, r = (Tensor(rng.standard_normal(shape).astype(np.float32) * 3) for _ in range(2))
     w = Tensor(rng.standard_normal(shape[-1]).astype(np.float32))
-    _close(*_both("rms_norm", (x, w), 1e-6))
+    _close(*_both("rms_norm", (x, w), 1e-6), report=parity_report, name="rms_norm")
     (y0, t0), (y1, t1) = _both("add_rms_norm", (x, r, w), 1e-5)
-    _close(y0, y1)
+    _close(y0, y1, report=parity_report, name="add_rms_norm")
     _close(t0, t1, 0)
     shift, scale = (Tensor(rng.standard_normal((shape[0], shape[-1])).astype(np.float32)) for _ in range(2))
-    _close(*_both("ada_layer_norm", (x + 5, shift, scale), 1e-5))
+    _close(*_both("ada_layer_norm", (x + 5, shift, scale), 1e-5), report=parity_report, name="ada_layer_norm")
 
 
 def _causal(batch, seq, keys, valid):
@@ -120,7 +124,7 @@ def _causal(batch, seq, keys, valid):
 
 @pytest.mark.parametrize("case", ["prefill_gqa", "decode_static_kv", "dit_text_padding", "vision_2d", "t5_bias",
                                   "no_bias"])
-def test_attention_twin(case):
+def test_attention_twin(case, parity_report):
     rng = np.random.default_rng(1)
     b, h, hkv, s, k, d = {"prefill_gqa": (2, 4, 2, 5, 5, 12), "decode_static_kv": (2, 6, 2, 1, 131, 8),
                           "dit_text_padding": (2, 3, 3, 9, 13, 16), "vision_2d": (1, 2, 2, 7, 7, 5),
@@ -147,7 +151,7 @@ def test_attention_twin(case):
     outputs = [_Attention(registry.resolve("attention", "CPU", mode).fn, d ** -0.5)(
         Tensor(q), Tensor(kv[0]), Tensor(kv[1]), None if bias is None else Tensor(bias))
         for mode in ("composite", "fused")]
-    _close(*outputs, 5e-6)
+    _close(*outputs, 5e-6, report=parity_report, name=f"attention_{case}")
 
 
 def test_ascendc_selected_when_installed(monkeypatch):

@@ -110,7 +110,10 @@ int AdaLayerNorm(int nparam, void **params, int *ndims, int64_t **shapes, const 
 
 // Attention(q (B, Hq, S, d), k (B, Hkv, K, d), v (B, Hkv, K, d), bias (Bb, Hb, Sb, K) with each of
 // Bb, Hb, Sb equal to its full size or 1, scale (1)) -> out (B, Hq, S, d).
-// Online softmax over key tiles: the (S, K) score matrix is never materialised; one row per task.
+// Flash-style: the (S, K) score matrix is never materialised. A task is a block of kRows query rows of
+// one head; each 64-key tile is transposed once per block (d x 64) so that the scores of a row are
+// accumulated 64 keys wide (vector lanes over keys, no horizontal sums), then an online softmax
+// rescales the row's running output before the tile's values are added.
 int Attention(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
   if (nparam != 6 || ndims[0] != 4 || ndims[1] != 4 || ndims[3] != 4) return 1;
   const float *q = static_cast<const float *>(params[0]);
@@ -121,53 +124,71 @@ int Attention(int nparam, void **params, int *ndims, int64_t **shapes, const cha
   float *out = static_cast<float *>(params[5]);
   const int64_t B = shapes[0][0], H = shapes[0][1], S = shapes[0][2], D = shapes[0][3];
   const int64_t HKV = shapes[1][1], K = shapes[1][2];
-  const int64_t groups = H / HKV;
   const int64_t bb = shapes[3][0], bh = shapes[3][1], bs = shapes[3][2];
   if (shapes[3][3] != K || H % HKV) return 2;
-  constexpr int64_t kTile = 64;
+  const int64_t groups = H / HKV;
+  constexpr int64_t kTile = 64, kRows = 64;
+  const int64_t row_blocks = (S + kRows - 1) / kRows;
 #pragma omp parallel
   {
-    std::vector<float> acc(D), tile(kTile);
-#pragma omp for schedule(static) collapse(3)
+    std::vector<float> kt(D * kTile), acc(kRows * D), scores(kRows * kTile), m(kRows), l(kRows);
+#pragma omp for schedule(dynamic) collapse(3)
     for (int64_t b = 0; b < B; ++b)
       for (int64_t h = 0; h < H; ++h)
-        for (int64_t s = 0; s < S; ++s) {
-          const float *qr = q + ((b * H + h) * S + s) * D;
-          const int64_t kvh = h / groups;
-          const float *kb = k + (b * HKV + kvh) * K * D;
-          const float *vb = v + (b * HKV + kvh) * K * D;
-          const float *br = bias + (((bb == 1 ? 0 : b) * bh + (bh == 1 ? 0 : h)) * bs + (bs == 1 ? 0 : s)) * K;
-          float m = -INFINITY, l = 0.f;
+        for (int64_t blk = 0; blk < row_blocks; ++blk) {
+          const int64_t s0 = blk * kRows, rows = std::min(kRows, S - s0);
+          const float *kb = k + (b * HKV + h / groups) * K * D;
+          const float *vb = v + (b * HKV + h / groups) * K * D;
           std::fill(acc.begin(), acc.end(), 0.f);
+          std::fill(m.begin(), m.end(), -INFINITY);
+          std::fill(l.begin(), l.end(), 0.f);
           for (int64_t k0 = 0; k0 < K; k0 += kTile) {
             const int64_t n = std::min(kTile, K - k0);
-            float tile_max = -INFINITY;
-            for (int64_t t = 0; t < n; ++t) {
-              const float *kr = kb + (k0 + t) * D;
-              float dot = 0.f;
-#pragma omp simd reduction(+ : dot)
-              for (int64_t j = 0; j < D; ++j) dot += qr[j] * kr[j];
-              tile[t] = dot * scale + br[k0 + t];
-              tile_max = std::max(tile_max, tile[t]);
-            }
-            const float m_new = std::max(m, tile_max);
-            const float correction = std::exp(m - m_new);  // exp(-inf) = 0 on the first tile
-            l *= correction;
+            for (int64_t t = 0; t < n; ++t)
+              for (int64_t j = 0; j < D; ++j) kt[j * kTile + t] = kb[(k0 + t) * D + j];
+            for (int64_t r = 0; r < rows; ++r) {
+              const int64_t s = s0 + r;
+              const float *qr = q + ((b * H + h) * S + s) * D;
+              const float *br = bias + (((bb == 1 ? 0 : b) * bh + (bh == 1 ? 0 : h)) * bs + (bs == 1 ? 0 : s)) * K + k0;
+              float *sc = scores.data() + r * kTile;
+              std::fill(sc, sc + kTile, 0.f);
+              for (int64_t j = 0; j < D; ++j) {
+                const float qj = qr[j];
+                const float *ktj = kt.data() + j * kTile;
 #pragma omp simd
-            for (int64_t j = 0; j < D; ++j) acc[j] *= correction;
-            for (int64_t t = 0; t < n; ++t) {
-              const float p = std::exp(tile[t] - m_new);
-              l += p;
-              const float *vr = vb + (k0 + t) * D;
+                for (int64_t t = 0; t < kTile; ++t) sc[t] += qj * ktj[t];
+              }
+              float tile_max = -INFINITY;
+              for (int64_t t = 0; t < n; ++t) {
+                sc[t] = sc[t] * scale + br[t];
+                tile_max = std::max(tile_max, sc[t]);
+              }
+              const float m_new = std::max(m[r], tile_max);
+              const float correction = std::exp(m[r] - m_new);  // exp(-inf) = 0 on the first tile
+              float *ar = acc.data() + r * D;
+              float sum = 0.f;
+              for (int64_t t = 0; t < n; ++t) {
+                sc[t] = std::exp(sc[t] - m_new);
+                sum += sc[t];
+              }
+              l[r] = l[r] * correction + sum;
+              m[r] = m_new;
 #pragma omp simd
-              for (int64_t j = 0; j < D; ++j) acc[j] += p * vr[j];
+              for (int64_t j = 0; j < D; ++j) ar[j] *= correction;
+              for (int64_t t = 0; t < n; ++t) {
+                const float p = sc[t];
+                const float *vr = vb + (k0 + t) * D;
+#pragma omp simd
+                for (int64_t j = 0; j < D; ++j) ar[j] += p * vr[j];
+              }
             }
-            m = m_new;
           }
-          float *o = out + ((b * H + h) * S + s) * D;
-          const float inv = 1.f / l;
+          for (int64_t r = 0; r < rows; ++r) {
+            float *o = out + ((b * H + h) * S + s0 + r) * D;
+            const float inv = 1.f / l[r];
 #pragma omp simd
-          for (int64_t j = 0; j < D; ++j) o[j] = acc[j] * inv;
+            for (int64_t j = 0; j < D; ++j) o[j] = acc[r * D + j] * inv;
+          }
         }
   }
   return 0;
