@@ -11,6 +11,8 @@ import mindspore as ms
 from mindspore import Parameter, mint, nn, ops
 from mindspore.common.initializer import Normal, One, Zero, initializer
 
+from ..ops import resolve
+
 
 def _param(shape: tuple[int, ...], dtype: ms.Type, init=None) -> Parameter:
     return Parameter(initializer(init or Normal(0.02), shape, dtype))
@@ -39,16 +41,6 @@ class Embedding(nn.Cell):
         return ops.gather(self.weight, ids, 0)
 
 
-def layer_norm(x, eps: float):
-    """Normalise over the last axis in fp32 and cast back.
-
-    Written with elementary ops: mint's fused layer norm has no CPU kernel in MindSpore 2.10.
-    """
-    h = x.astype(ms.float32)
-    h = h - mint.mean(h, -1, keepdim=True)
-    return (h * ops.rsqrt(mint.mean(h * h, -1, keepdim=True) + eps)).astype(x.dtype)
-
-
 class LayerNorm(nn.Cell):
     """Layer norm computed in fp32 and cast back; affine parameters optional."""
 
@@ -58,14 +50,10 @@ class LayerNorm(nn.Cell):
         self.eps = eps
         self.weight = _param((dim,), dtype, One()) if elementwise_affine else None
         self.bias = _param((dim,), dtype, Zero()) if elementwise_affine and bias else None
+        self.layer_norm = resolve("layer_norm").fn
 
     def construct(self, x):
-        y = layer_norm(x.astype(ms.float32), self.eps)
-        if self.weight is not None:
-            y = y * self.weight.astype(ms.float32)
-        if self.bias is not None:
-            y = y + self.bias.astype(ms.float32)
-        return y.astype(x.dtype)
+        return self.layer_norm(x, self.eps, self.weight, self.bias)
 
 
 class RMSNorm(nn.Cell):
@@ -75,12 +63,10 @@ class RMSNorm(nn.Cell):
         super().__init__()
         self.eps = eps
         self.weight = _param((dim,), dtype, One())
+        self.rms_norm = resolve("rms_norm").fn
 
     def construct(self, x):
-        dtype = x.dtype
-        h = x.astype(ms.float32)
-        h = h * ops.rsqrt(mint.mean(h * h, -1, keepdim=True) + self.eps)
-        return self.weight * h.astype(dtype)
+        return self.rms_norm(x, self.weight, self.eps)
 
 
 class Conv2d(nn.Cell):

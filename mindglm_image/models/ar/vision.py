@@ -13,10 +13,11 @@ import numpy as np
 from mindspore import mint, nn, ops
 
 from ...config.ar import GlmImageVisionConfig
+from ...ops import resolve
+from ...ops.attention import MASKED
 from ..layers import Conv2d, Embedding, LayerNorm, Linear
 
 _GELU_APPROXIMATION = {"gelu": "none", "gelu_pytorch_tanh": "tanh", "gelu_new": "tanh"}
-_MASKED = -1e30  # additive mask value: exp() underflows to 0 in fp32, still finite in bf16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +86,7 @@ def vision_inputs(grid_thw: np.ndarray, position_grid: int) -> VisionInputs:
                       y1 * position_grid + x0, y1 * position_grid + x1], axis=1).astype(np.int32)
     weight = np.stack([(one - fy) * (one - fx), (one - fy) * fx, fy * (one - fx), fy * fx], axis=1).astype(np.float32)
     image = np.concatenate(image_of)
-    mask = np.where(image[:, None] == image[None, :], np.float32(0), np.float32(_MASKED)).astype(np.float32)
+    mask = np.where(image[:, None] == image[None, :], np.float32(0), np.float32(MASKED)).astype(np.float32)
     return VisionInputs(index, weight, mask)
 
 
@@ -127,18 +128,18 @@ class GlmImageVisionAttention(nn.Cell):
         self.scaling = self.head_dim ** -0.5
         self.qkv = Linear(config.hidden_size, 3 * config.hidden_size, bias=config.attention_bias, dtype=dtype)
         self.proj = Linear(config.hidden_size, config.hidden_size, bias=config.attention_bias, dtype=dtype)
+        self.attention = resolve("attention").fn
 
     def construct(self, x, attn_mask):
         n = x.shape[0]
-        qkv = self.qkv(x).reshape(n, 3, self.num_heads, self.head_dim).permute(1, 2, 0, 3)  # (3, H, N, d)
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        scores = mint.matmul(q, mint.transpose(k, 1, 2)) * self.scaling
-        probs = mint.softmax(scores.astype(ms.float32) + attn_mask, -1).astype(x.dtype)
-        out = mint.matmul(probs, v).permute(1, 0, 2).reshape(n, -1)
-        return self.proj(out)
+        qkv = self.qkv(x).reshape(1, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, 1, H, N, d)
+        out = self.attention(qkv[0], qkv[1], qkv[2], self.scaling, attn_mask)
+        return self.proj(out[0].permute(1, 0, 2).reshape(n, -1))
 
 
 class GlmImageVisionMLP(nn.Cell):
+    """fc1 -> GELU (exact or tanh, from the config) -> fc2."""
+
     def __init__(self, config: GlmImageVisionConfig, dtype: ms.Type = ms.float32):
         super().__init__()
         if config.hidden_act not in _GELU_APPROXIMATION:

@@ -22,16 +22,12 @@ import numpy as np
 from mindspore import Tensor, mint, nn, ops
 
 from ...config.dit import GlmImageTransformerConfig
-from ..layers import Embedding, Linear, layer_norm
+from ...ops import resolve
+from ...ops.attention import MASKED
+from ..layers import Embedding, Linear
 from .rotary import rotary_tables
 
 _NORM_EPS = 1e-5
-_MASKED = float(np.finfo(np.float32).min)  # additive score bias of a padded glyph token: exp() gives exactly 0
-
-
-def _modulate(x, shift, scale):
-    """adaLN affine with per-sample (B, D) shift/scale broadcast over the sequence."""
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
 
 
 class SinusoidalProjection(nn.Cell):
@@ -133,17 +129,9 @@ class FeedForward(nn.Cell):
         return self.net[2](self.net[0](x))
 
 
-def apply_rotary(x, cos, sin):
-    """Rotate-half rotary on (B, S, H, d) with (S, d) tables, computed in fp32."""
-    x1, x2 = mint.chunk(x, 2, -1)
-    rotated = mint.cat((-x2, x1), -1)
-    cos = cos.unsqueeze(1)
-    sin = sin.unsqueeze(1)
-    return (x.astype(ms.float32) * cos + rotated.astype(ms.float32) * sin).astype(x.dtype)
-
-
 class GlmImageAttention(nn.Cell):
-    """Joint text+image attention; rotary on image tokens; optional cached reference keys/values first."""
+    """Joint text+image attention with qk layer-norm; rotary on image tokens; cached reference keys/values
+    (image-to-image) enter as extra context in front of the block's own."""
 
     def __init__(self, dim: int, heads: int, head_dim: int, dtype: ms.Type = ms.float32):
         super().__init__()
@@ -155,51 +143,55 @@ class GlmImageAttention(nn.Cell):
         self.to_k = Linear(dim, inner, dtype=dtype)
         self.to_v = Linear(dim, inner, dtype=dtype)
         self.to_out = nn.CellList([Linear(inner, dim, dtype=dtype)])
+        self.layer_norm = resolve("layer_norm").fn
+        self.rotary = resolve("rotary").fn
+        self.attention = resolve("attention").fn
+
+    def _rotate_image_tokens(self, x, n_text: int, rope_cos, rope_sin):
+        """Rotary on the image tokens of (B, S, H, d); the first ``n_text`` (glyph) tokens pass unrotated."""
+        cos, sin = rope_cos.unsqueeze(1), rope_sin.unsqueeze(1)  # (S_img, d) -> (S_img, 1, d): all heads
+        if n_text == 0:
+            return self.rotary(x, cos, sin)
+        return mint.cat((x[:, :n_text], self.rotary(x[:, n_text:], cos, sin)), 1)
 
     def construct(self, hidden_states, encoder_hidden_states, rope_cos, rope_sin, cache_key, cache_value,
                   text_bias=None):
         """Returns (image out, text out or None, keys, values); keys/values (B, S, H, d) exclude the cache.
         ``text_bias`` (B, T) float32 is added to the scores of the text keys (None: no padding)."""
-        b = hidden_states.shape[0]
-        if encoder_hidden_states is None:
-            tokens = hidden_states
-        else:
-            tokens = mint.cat((encoder_hidden_states, hidden_states), 1)
-        query = layer_norm(self.to_q(tokens).reshape(b, -1, self.heads, self.head_dim), _NORM_EPS)
-        key = layer_norm(self.to_k(tokens).reshape(b, -1, self.heads, self.head_dim), _NORM_EPS)
+        b, n_image = hidden_states.shape[0], hidden_states.shape[1]
+        n_text = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
+        # 1. projections of the joint [text | image] sequence, qk layer-norm, rotary on image tokens
+        tokens = hidden_states if encoder_hidden_states is None else mint.cat((encoder_hidden_states, hidden_states), 1)
+        query = self.layer_norm(self.to_q(tokens).reshape(b, -1, self.heads, self.head_dim), _NORM_EPS)
+        key = self.layer_norm(self.to_k(tokens).reshape(b, -1, self.heads, self.head_dim), _NORM_EPS)
         value = self.to_v(tokens).reshape(b, -1, self.heads, self.head_dim)
-        if encoder_hidden_states is None:
-            query = apply_rotary(query, rope_cos, rope_sin)
-            key = apply_rotary(key, rope_cos, rope_sin)
-        else:
-            n_text = encoder_hidden_states.shape[1]
-            query = mint.cat((query[:, :n_text], apply_rotary(query[:, n_text:], rope_cos, rope_sin)), 1)
-            key = mint.cat((key[:, :n_text], apply_rotary(key[:, n_text:], rope_cos, rope_sin)), 1)
+        query = self._rotate_image_tokens(query, n_text, rope_cos, rope_sin)
+        key = self._rotate_image_tokens(key, n_text, rope_cos, rope_sin)
+        # 2. keys/values are [cache | text | image]; only the text part carries padding
         all_keys, all_values = key, value
         if cache_key is not None:
             all_keys = mint.cat((cache_key, key), 1)
             all_values = mint.cat((cache_value, value), 1)
-        q = query.permute(0, 2, 1, 3)
-        k = all_keys.permute(0, 2, 3, 1)
-        v = all_values.permute(0, 2, 1, 3)
-        scores = mint.matmul(q, k).astype(ms.float32) * self.scale
+        bias = None
         if text_bias is not None:
-            # keys are [cache | text | image]: only the text part carries padding
-            bias = mint.cat((text_bias, mint.zeros((b, hidden_states.shape[1]), dtype=ms.float32)), 1)
+            bias = mint.cat((text_bias, mint.zeros((b, n_image), dtype=ms.float32)), 1)
             if cache_key is not None:  # cat, not list.insert: that falls back to Python in graph mode
                 bias = mint.cat((mint.zeros((b, cache_key.shape[1]), dtype=ms.float32), bias), 1)
-            scores = scores + bias.reshape(b, 1, 1, -1)
-        probs = mint.nn.functional.softmax(scores, -1).astype(v.dtype)
-        out = mint.matmul(probs, v).permute(0, 2, 1, 3).reshape(b, -1, self.heads * self.head_dim)
-        out = self.to_out[0](out)
+            bias = bias.reshape(b, 1, 1, -1)
+        # 3. attention (BNSD), output projection, split back into the two streams
+        out = self.attention(query.permute(0, 2, 1, 3), all_keys.permute(0, 2, 1, 3), all_values.permute(0, 2, 1, 3),
+                             self.scale, bias)
+        out = self.to_out[0](out.permute(0, 2, 1, 3).reshape(b, -1, self.heads * self.head_dim))
         if encoder_hidden_states is None:
             return out, None, key, value
-        n_text = encoder_hidden_states.shape[1]
         return out[:, n_text:], out[:, :n_text], key, value
 
 
 class GlmImageAdaLayerNormZero(nn.Cell):
-    """Modulations of both streams: 12 chunks alternating image/text (the norms have no weights)."""
+    """adaLN-zero modulations of both streams from the conditioning embedding (the norms have no weights).
+
+    The linear's 12 output chunks alternate image/text: shift_msa, c_shift_msa, scale_msa, c_scale_msa, ...
+    """
 
     def __init__(self, embedding_dim: int, dim: int, dtype: ms.Type = ms.float32):
         super().__init__()
@@ -207,34 +199,51 @@ class GlmImageAdaLayerNormZero(nn.Cell):
         self.linear = Linear(embedding_dim, 12 * dim, dtype=dtype)
 
     def construct(self, temb):
-        """(image, text) modulations, each (B, 6, D): attention shift/scale/gate, then MLP shift/scale/gate."""
-        emb = self.linear(temb).reshape(temb.shape[0], 6, 2, self.dim)
-        return emb[:, :, 0], emb[:, :, 1]
+        """(image, text) modulations, each a 6-tuple of (B, D): shift_msa, scale_msa, gate_msa, shift_mlp,
+        scale_mlp, gate_mlp."""
+        emb = self.linear(temb)
+        (shift_msa, c_shift_msa, scale_msa, c_scale_msa, gate_msa, c_gate_msa,
+         shift_mlp, c_shift_mlp, scale_mlp, c_scale_mlp, gate_mlp, c_gate_mlp) = mint.chunk(emb, 12, -1)
+        return ((shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp),
+                (c_shift_msa, c_scale_msa, c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp))
 
 
 class GlmImageTransformerBlock(nn.Cell):
+    """One DiT block: adaLN-zero modulated joint attention, then a modulated GELU(tanh) feed-forward,
+    shared weights for the image and text streams, each gated back into its residual."""
+
     def __init__(self, dim: int, heads: int, head_dim: int, time_embed_dim: int, dtype: ms.Type = ms.float32):
         super().__init__()
         self.norm1 = GlmImageAdaLayerNormZero(time_embed_dim, dim, dtype=dtype)
         self.attn1 = GlmImageAttention(dim, heads, head_dim, dtype=dtype)
         self.ff = FeedForward(dim, dim, 4 * dim, "gelu-approximate", dtype=dtype)
+        self.ada_layer_norm = resolve("ada_layer_norm").fn
 
-    def _feed_forward(self, x, mod):
-        return x + self.ff(_modulate(layer_norm(x, _NORM_EPS), mod[:, 3], mod[:, 4])) * mod[:, 5].unsqueeze(1)
+    def _feed_forward(self, x, shift_mlp, scale_mlp, gate_mlp):
+        """x + gate_mlp * FF(adaLN(x; shift_mlp, scale_mlp))."""
+        return x + self.ff(self.ada_layer_norm(x, shift_mlp, scale_mlp, _NORM_EPS)) * gate_mlp.unsqueeze(1)
 
     def construct(self, hidden_states, encoder_hidden_states, temb, rope_cos, rope_sin, cache_key, cache_value,
                   text_bias=None):
-        img_mod, txt_mod = self.norm1(temb)
-        norm_h = _modulate(layer_norm(hidden_states, _NORM_EPS), img_mod[:, 0], img_mod[:, 1])
-        norm_e = None
+        # 1. modulations of both streams
+        image_mod, text_mod = self.norm1(temb)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = image_mod
+        c_shift_msa, c_scale_msa, c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp = text_mod
+        # 2. modulated norms
+        norm_hidden_states = self.ada_layer_norm(hidden_states, shift_msa, scale_msa, _NORM_EPS)
+        norm_encoder_hidden_states = None
         if encoder_hidden_states is not None:
-            norm_e = _modulate(layer_norm(encoder_hidden_states, _NORM_EPS), txt_mod[:, 0], txt_mod[:, 1])
-        attn_h, attn_e, key, value = self.attn1(norm_h, norm_e, rope_cos, rope_sin, cache_key, cache_value,
-                                                text_bias)
-        hidden_states = self._feed_forward(hidden_states + attn_h * img_mod[:, 2].unsqueeze(1), img_mod)
+            norm_encoder_hidden_states = self.ada_layer_norm(encoder_hidden_states, c_shift_msa, c_scale_msa,
+                                                             _NORM_EPS)
+        # 3. joint attention, gated residual
+        attn_hidden_states, attn_encoder_hidden_states, key, value = self.attn1(
+            norm_hidden_states, norm_encoder_hidden_states, rope_cos, rope_sin, cache_key, cache_value, text_bias)
+        hidden_states = hidden_states + attn_hidden_states * gate_msa.unsqueeze(1)
+        # 4. modulated feed-forward, gated residual
+        hidden_states = self._feed_forward(hidden_states, shift_mlp, scale_mlp, gate_mlp)
         if encoder_hidden_states is not None:
-            encoder_hidden_states = self._feed_forward(
-                encoder_hidden_states + attn_e * txt_mod[:, 2].unsqueeze(1), txt_mod)
+            encoder_hidden_states = encoder_hidden_states + attn_encoder_hidden_states * c_gate_msa.unsqueeze(1)
+            encoder_hidden_states = self._feed_forward(encoder_hidden_states, c_shift_mlp, c_scale_mlp, c_gate_mlp)
         return hidden_states, encoder_hidden_states, key, value
 
 
@@ -243,12 +252,12 @@ class GlmImageAdaLayerNormContinuous(nn.Cell):
 
     def __init__(self, dim: int, conditioning_dim: int, dtype: ms.Type = ms.float32):
         super().__init__()
-        self.dim = dim
         self.linear = Linear(conditioning_dim, 2 * dim, dtype=dtype)
+        self.ada_layer_norm = resolve("ada_layer_norm").fn
 
     def construct(self, x, temb):
-        emb = self.linear(temb.astype(x.dtype))
-        return _modulate(layer_norm(x, _NORM_EPS), emb[:, self.dim:], emb[:, :self.dim])
+        scale, shift = mint.chunk(self.linear(temb.astype(x.dtype)), 2, -1)
+        return self.ada_layer_norm(x, shift, scale, _NORM_EPS)
 
 
 class GlmImageTransformer2DModel(nn.Cell):
@@ -369,7 +378,7 @@ def transformer_inputs(config: GlmImageTransformerConfig, hidden_states, encoder
                              f"got {mask.shape}")
         if not mask.any(axis=1).all():
             raise ValueError("encoder_attention_mask masks every glyph token of a sample; keep at least one")
-        text_bias = Tensor(np.where(mask, np.float32(0), np.float32(_MASKED)))
+        text_bias = Tensor(np.where(mask, np.float32(0), np.float32(MASKED)))
     cos, sin = _rotary(config.attention_head_dim, h // p, w // p)
     return (_tensor(hidden_states, np.float32), None if encoder_hidden_states is None else
             _tensor(encoder_hidden_states, np.float32), _tensor(prior_token_id, np.int32),

@@ -18,9 +18,10 @@ import numpy as np
 from mindspore import mint, nn
 
 from ...config.t5 import T5Config
+from ...ops import resolve
+from ...ops.attention import MASKED
 from ..layers import Embedding, Linear, RMSNorm
 
-_MASK_VALUE = float(np.finfo(np.float32).min)
 _SQRT_HALF = math.sqrt(0.5)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
@@ -115,6 +116,7 @@ class T5Attention(nn.Cell):
         self.o = Linear(inner, config.d_model, bias=False, dtype=dtype)
         if has_relative_attention_bias:
             self.relative_attention_bias = Embedding(config.relative_attention_num_buckets, config.num_heads, dtype=dtype)
+        self.attention = resolve("attention").fn
 
     def compute_bias(self, bucket):
         """(L, L) bucket ids -> (1, heads, L, L) fp32 bias; only the first block owns the table."""
@@ -129,10 +131,8 @@ class T5Attention(nn.Cell):
         q = self._heads(self.q(x), b, length)
         k = self._heads(self.k(x), b, length)
         v = self._heads(self.v(x), b, length)
-        scores = mint.matmul(q, mint.transpose(k, 2, 3)).astype(ms.float32) + bias
-        probs = mint.nn.functional.softmax(scores, dim=-1).astype(x.dtype)
-        out = mint.transpose(mint.matmul(probs, v), 1, 2).reshape(b, length, self.n_heads * self.d_kv)
-        return self.o(out)
+        out = mint.transpose(self.attention(q, k, v, 1.0, bias), 1, 2)
+        return self.o(out.reshape(b, length, self.n_heads * self.d_kv))
 
 
 class T5LayerSelfAttention(nn.Cell):
@@ -165,7 +165,7 @@ class T5Stack(nn.Cell):
 
     def construct(self, inputs_embeds, attention_mask, position_bucket):
         bias = self.block[0].layer[0].SelfAttention.compute_bias(position_bucket)
-        key_mask = (1.0 - attention_mask.astype(ms.float32)) * _MASK_VALUE
+        key_mask = (1.0 - attention_mask.astype(ms.float32)) * MASKED
         bias = bias + key_mask[:, None, None, :]
         x = inputs_embeds
         for block in self.block:

@@ -1,0 +1,145 @@
+"""CPU twins: the C++ kernels of ``kernels/cpu`` run as MindSpore AOT custom operators (graph mode, CPU).
+
+The shared library is compiled with g++ on first use and cached under ``$MINDGLM_KERNEL_CACHE`` (default
+``~/.cache/mindglm_image/kernels``) in a folder keyed by the hash of the source, the flags and the CPU's
+feature flags (``-march=native``), so an edited kernel or another machine rebuilds. No compiler, or a
+failed build, logs one error naming the fix and leaves every operator on its composite.
+Twins are fp32 kernels: other dtypes take the composite inside the same call (resolved at compile time).
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import mindspore as ms
+from mindspore import mint, nn, ops
+
+from . import attention, layer_norm, rms_norm
+
+SOURCE = Path(__file__).resolve().parents[2] / "kernels" / "cpu" / "mindglm_kernels.cc"
+_FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
+_log = logging.getLogger(__name__)
+
+
+def _cpu_flags() -> bytes:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return b""
+    return next((line for line in lines if line.startswith("flags")), "").encode()
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CXX") or shutil.which("g++")
+
+
+@functools.lru_cache(maxsize=1)
+def library() -> Path | None:
+    """Path of the compiled kernels (built now if not cached), or None when it cannot be built."""
+    cxx = _compiler()
+    if cxx is None:
+        _log.error("MINDGLM_KERNELS=fused: no C++ compiler (g++ or $CXX) found, so the CPU twins cannot be "
+                   "built; install g++ (apt-get install g++) -- using the composite operators")
+        return None
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(source + " ".join((cxx,) + _FLAGS).encode() + _cpu_flags()).hexdigest()[:16]
+    cache = Path(os.environ.get("MINDGLM_KERNEL_CACHE", Path.home() / ".cache" / "mindglm_image" / "kernels"))
+    target = cache / key / "mindglm_kernels.so"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        built = Path(tmp) / target.name
+        result = subprocess.run([cxx, *_FLAGS, str(SOURCE), "-o", str(built)], capture_output=True, text=True)
+        if result.returncode != 0:
+            _log.error("MINDGLM_KERNELS=fused: building %s failed (%s), using the composite operators:\n%s",
+                       SOURCE, cxx, result.stderr[-2000:])
+            return None
+        os.replace(built, target)  # atomic: a concurrent build never sees a half-written library
+    _log.info("built CPU kernels %s", target)
+    return target
+
+
+def _custom(name: str, out_shape, out_dtype) -> ops.Custom:
+    return ops.Custom(f"{library()}:{name}", out_shape=out_shape, out_dtype=out_dtype, func_type="aot")
+
+
+def _scalar(value: float):
+    """A graph-time constant as the (1,) fp32 tensor the kernels read it from."""
+    return mint.full((1,), value, dtype=ms.float32)
+
+
+class RmsNormTwin(nn.Cell):
+    """``rms_norm`` by the C++ kernel ``RmsNorm``."""
+
+    def __init__(self):
+        super().__init__()
+        self.kernel = _custom("RmsNorm", lambda x, w, e: x, lambda x, w, e: x)
+
+    def construct(self, x, weight, eps: float):
+        if x.dtype != ms.float32:
+            return rms_norm.rms_norm(x, weight, eps)
+        return self.kernel(x, weight, _scalar(eps))
+
+
+class AddRmsNormTwin(nn.Cell):
+    """``add_rms_norm`` by the C++ kernel ``AddRmsNorm`` (one pass: add, statistics, scale)."""
+
+    def __init__(self):
+        super().__init__()
+        self.kernel = _custom("AddRmsNorm", lambda x, r, w, e: (x, x), lambda x, r, w, e: (x, x))
+
+    def construct(self, x, residual, weight, eps: float):
+        if x.dtype != ms.float32:
+            return rms_norm.add_rms_norm(x, residual, weight, eps)
+        return self.kernel(x, residual, weight, _scalar(eps))
+
+
+class AdaLayerNormTwin(nn.Cell):
+    """``ada_layer_norm`` by the C++ kernel ``AdaLayerNorm`` (normalise and modulate in one pass)."""
+
+    def __init__(self):
+        super().__init__()
+        self.kernel = _custom("AdaLayerNorm", lambda x, sh, sc, e: x, lambda x, sh, sc, e: x)
+
+    def construct(self, x, shift, scale, eps: float):
+        if x.dtype != ms.float32:
+            return layer_norm.ada_layer_norm(x, shift, scale, eps)
+        return self.kernel(x, shift, scale, _scalar(eps))
+
+
+class AttentionTwin(nn.Cell):
+    """``attention`` by the C++ kernel ``Attention``: online softmax over key tiles, no score matrix."""
+
+    def __init__(self):
+        super().__init__()
+        self.kernel = _custom("Attention", lambda q, k, v, b, s: q, lambda q, k, v, b, s: q)
+
+    def construct(self, query, key, value, scale: float, bias=None):
+        if query.dtype != ms.float32:
+            return attention.attention(query, key, value, scale, bias)
+        if bias is None:
+            bias = mint.zeros((1, 1, 1, key.shape[2]), dtype=ms.float32)
+        else:
+            bias = bias.reshape((1,) * (4 - bias.ndim) + tuple(bias.shape))  # (N, N) vision mask -> (1, 1, N, N)
+        return self.kernel(query, key, value, bias, _scalar(scale))
+
+
+_TWINS = {"rms_norm": RmsNormTwin, "add_rms_norm": AddRmsNormTwin, "ada_layer_norm": AdaLayerNormTwin,
+          "attention": AttentionTwin}
+
+
+def has_twin(op: str) -> bool:
+    """Whether ``op`` has a twin and the kernels are built (building them on first call)."""
+    return op in _TWINS and library() is not None
+
+
+def cpu_twin(op: str) -> nn.Cell:
+    """A new twin cell of ``op``: each calling cell owns its own."""
+    return _TWINS[op]()

@@ -1,0 +1,94 @@
+"""The one place that picks each operator's implementation, by device and ``MINDGLM_KERNELS``.
+
+``MINDGLM_KERNELS=composite`` runs the readable MindSpore compositions everywhere (the oracle);
+``fused`` picks the device's fused implementation: MindSpore's built-in Ascend kernels on Ascend (our
+AscendC operators of ``kernels/ascendc`` instead where their package is installed), the
+C++ twins of ``kernels/cpu`` on CPU (the composite where an operator has none, or no compiler was
+found). Unset: fused on Ascend, composite elsewhere. Cells resolve their operators once, when built
+(graph mode compiles the chosen Python function like any other), and the choice is logged once per
+(device, mode).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Callable
+
+import mindspore as ms
+
+from . import adamw_ema, ascendc, attention, cpu_twins, gated_activation, layer_norm, rms_norm, rotary
+
+KERNEL_MODES = ("composite", "fused")
+_ENV = "MINDGLM_KERNELS"
+_log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Implementation:
+    """One operator's chosen implementation: ``kind`` is composite, ascend (built-in), ascendc (our custom
+    operator) or cpu_twin."""
+
+    op: str
+    kind: str
+    fn: Callable  # a function, or for a CPU twin / AscendC op a Cell of its own
+
+
+# operator -> (composite, Ascend built-in or None)
+_OPS: dict[str, tuple[Callable, Callable | None]] = {
+    "attention": (attention.attention, attention.attention_ascend),
+    "rms_norm": (rms_norm.rms_norm, rms_norm.rms_norm_ascend),
+    "add_rms_norm": (rms_norm.add_rms_norm, rms_norm.add_rms_norm_ascend),
+    "layer_norm": (layer_norm.layer_norm, layer_norm.layer_norm_ascend),
+    "ada_layer_norm": (layer_norm.ada_layer_norm, layer_norm.ada_layer_norm_ascend),
+    "rotary": (rotary.apply_rotary, rotary.apply_rotary_ascend),
+    "swiglu": (gated_activation.swiglu, gated_activation.swiglu_ascend),
+    "adamw_ema": (adamw_ema.adamw_ema, None),  # AscendC AdamWEma: ascendc.adamw_ema_op (attributes fixed per optimizer)
+}
+# operator -> AscendC custom cell used on Ascend instead of the built-in when our op package is installed
+_ASCENDC = {"ada_layer_norm": ascendc.AdaLayerNormAscendC}
+_logged: set[tuple[str, str]] = set()
+
+
+def kernel_mode(device: str) -> str:
+    """``MINDGLM_KERNELS`` if set (checked), else fused on Ascend and composite elsewhere."""
+    mode = os.environ.get(_ENV, "").strip().lower()
+    if not mode:
+        return "fused" if device == "Ascend" else "composite"
+    if mode not in KERNEL_MODES:
+        raise ValueError(f"{_ENV}={mode!r} is not one of {', '.join(KERNEL_MODES)}; unset it for the device default")
+    return mode
+
+
+def _kind(op: str, device: str, mode: str) -> str:
+    """composite, ascendc, ascend or cpu_twin: what ``resolve`` picks (building the CPU kernels if needed)."""
+    if mode == "fused" and device == "Ascend" and op in _ASCENDC and ascendc.installed():
+        return "ascendc"
+    if mode == "fused" and device == "Ascend" and _OPS[op][1] is not None:
+        return "ascend"
+    if mode == "fused" and device == "CPU" and cpu_twins.has_twin(op):
+        return "cpu_twin"
+    return "composite"
+
+
+def resolve(op: str, device: str | None = None, mode: str | None = None) -> Implementation:
+    """The implementation of ``op`` on ``device`` (default: MindSpore's current device target)."""
+    device = device or ms.get_context("device_target")
+    mode = mode or kernel_mode(device)
+    if (device, mode) not in _logged:
+        _logged.add((device, mode))
+        table = ", ".join(f"{name}={_kind(name, device, mode)}" for name in _OPS)
+        _log.info("kernels on %s (%s=%s): %s", device, _ENV, mode, table)
+    kind = kind_of(op, device, mode)
+    composite, ascend = _OPS[op]
+    if kind == "ascendc":
+        return Implementation(op, kind, _ASCENDC[op]())
+    fn = {"composite": composite, "ascend": ascend}.get(kind) or cpu_twins.cpu_twin(op)
+    return Implementation(op, kind, fn)
+
+
+def kind_of(op: str, device: str, mode: str) -> str:
+    """Which kind ``resolve`` picks for ``op`` on ``device`` under ``mode``, without building a cell."""
+    if op not in _OPS:
+        raise KeyError(f"unknown operator {op!r}; known: {', '.join(_OPS)}")
+    return _kind(op, device, mode)

@@ -1,0 +1,45 @@
+"""Reference half of scripts/bench_kernels.py: the PyTorch op for each benchmarked operator (CPU, fp32).
+
+argv: SPEC_JSON REPEATS. SPEC_JSON maps case name -> {"op": ..., "shapes": {...}}. Prints one JSON line
+{case: best seconds}.
+"""
+import json
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+specs, repeats = json.loads(sys.argv[1]), int(sys.argv[2])
+torch.manual_seed(0)
+
+
+def case(op, shapes):
+    t = {name: torch.randn(shape) for name, shape in shapes.items()}
+    if op == "attention":
+        scale = t["q"].shape[-1] ** -0.5
+        bias = t.get("bias")
+        return lambda: F.scaled_dot_product_attention(t["q"], t["k"], t["v"], attn_mask=bias, scale=scale,
+                                                      enable_gqa=True)
+    if op == "rms_norm":
+        return lambda: F.rms_norm(t["x"], (t["x"].shape[-1],), t["w"], 1e-6)
+    if op == "add_rms_norm":
+        return lambda: (F.rms_norm(t["x"] + t["r"], (t["x"].shape[-1],), t["w"], 1e-6), t["x"] + t["r"])
+    if op == "ada_layer_norm":
+        return lambda: (F.layer_norm(t["x"], (t["x"].shape[-1],), eps=1e-5) * (1 + t["scale"].unsqueeze(1))
+                        + t["shift"].unsqueeze(1))
+    raise ValueError(op)
+
+
+out = {}
+with torch.inference_mode():
+    for name, spec in specs.items():
+        fn = case(spec["op"], spec["shapes"])
+        fn()
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - start)
+        out[name] = best
+print(json.dumps(out))

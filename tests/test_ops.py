@@ -1,0 +1,211 @@
+"""The ops layer: which implementation each operator resolves to, and every CPU twin against its composite."""
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+from pathlib import Path
+
+import mindspore as ms
+import numpy as np
+import pytest
+from mindspore import Tensor, nn
+
+from mindglm_image.ops import adamw_ema, ascendc, attention, cpu_twins, gated_activation, layer_norm, registry, rms_norm, rotary
+from mindglm_image.ops.attention import MASKED
+
+# operator -> (Ascend implementation, the MindSpore built-in it calls)
+ASCEND = {
+    "attention": (attention.attention_ascend, ("flash_attention_score", "incre_flash_attention")),
+    "rms_norm": (rms_norm.rms_norm_ascend, ("rms_norm",)),
+    "add_rms_norm": (rms_norm.add_rms_norm_ascend, ("add_rms_norm",)),
+    "layer_norm": (layer_norm.layer_norm_ascend, ()),
+    "ada_layer_norm": (layer_norm.ada_layer_norm_ascend, ()),
+    "rotary": (rotary.apply_rotary_ascend, ("rotary_position_embedding",)),
+    "swiglu": (gated_activation.swiglu_ascend, ("swiglu",)),
+}
+
+
+@pytest.mark.parametrize("op", sorted(ASCEND))
+def test_ascend_resolution(op):
+    """On Ascend with fused kernels each op resolves to its built-in wrapper (not called: no NPU here),
+    and the MindSpore 2.10 APIs that wrapper names exist in the installed package."""
+    impl = registry.resolve(op, device="Ascend", mode="fused")
+    fn, builtins = ASCEND[op]
+    assert (impl.kind, impl.fn) == ("ascend", fn)
+    for name in builtins:
+        assert callable(getattr(ms.ops, name)), name
+    assert registry.resolve(op, device="Ascend", mode="composite").kind == "composite"
+
+
+def test_mode_defaults_and_bad_value(monkeypatch):
+    monkeypatch.delenv("MINDGLM_KERNELS", raising=False)
+    assert (registry.kernel_mode("Ascend"), registry.kernel_mode("CPU")) == ("fused", "composite")
+    monkeypatch.setenv("MINDGLM_KERNELS", "fastest")
+    with pytest.raises(ValueError, match="MINDGLM_KERNELS='fastest' is not one of composite, fused"):
+        registry.kernel_mode("CPU")
+
+
+def test_cpu_fused_resolution():
+    """CPU twins where they exist, the composite elsewhere (rotary, SwiGLU, plain LayerNorm)."""
+    kinds = {op: registry.kind_of(op, "CPU", "fused") for op in ASCEND}
+    assert kinds == {"attention": "cpu_twin", "rms_norm": "cpu_twin", "add_rms_norm": "cpu_twin",
+                     "ada_layer_norm": "cpu_twin", "layer_norm": "composite", "rotary": "composite",
+                     "swiglu": "composite"}
+
+
+def test_missing_compiler_falls_back(monkeypatch, tmp_path, caplog):
+    monkeypatch.setattr(cpu_twins, "_compiler", lambda: None)
+    cpu_twins.library.cache_clear()
+    try:
+        assert cpu_twins.library() is None
+        assert registry.kind_of("rms_norm", "CPU", "fused") == "composite"
+        assert "no C++ compiler" in caplog.text
+    finally:
+        cpu_twins.library.cache_clear()
+
+
+class _Apply(nn.Cell):
+    """Graph-mode call of one operator implementation with constant scalars bound."""
+
+    def __init__(self, fn, *constants):
+        super().__init__()
+        self.fn = fn
+        self.constants = constants
+
+    def construct(self, *args):
+        return self.fn(*args, *self.constants)
+
+
+class _Attention(nn.Cell):
+    def __init__(self, fn, scale: float):
+        super().__init__()
+        self.fn = fn
+        self.scale = scale
+
+    def construct(self, query, key, value, bias):
+        return self.fn(query, key, value, self.scale, bias)
+
+
+def _both(op, args, *constants):
+    composite = _Apply(registry.resolve(op, "CPU", "composite").fn, *constants)(*args)
+    twin = _Apply(registry.resolve(op, "CPU", "fused").fn, *constants)(*args)
+    return composite, twin
+
+
+def _close(a, b, tol=2e-6, report=None, name=""):
+    """Twin ``b`` within ``tol`` of composite ``a`` (relative to max|a|, at least 1); worst error reported."""
+    a, b = (x.asnumpy() for x in (a, b))
+    assert a.shape == b.shape
+    err = float(np.abs(a - b).max() / max(np.abs(a).max(), 1.0))
+    if report is not None:
+        report[f"cpu_twin/{name}"] = max(report.get(f"cpu_twin/{name}", 0.0), err)
+    assert err <= tol
+
+
+@pytest.mark.parametrize("shape", [(3, 7, 33), (1, 1, 64), (2, 5, 1)])
+def test_norm_twins(shape, parity_report):
+    rng = np.random.default_rng(0)
+    x, r = (Tensor(rng.standard_normal(shape).astype(np.float32) * 3) for _ in range(2))
+    w = Tensor(rng.standard_normal(shape[-1]).astype(np.float32))
+    _close(*_both("rms_norm", (x, w), 1e-6), report=parity_report, name="rms_norm")
+    (y0, t0), (y1, t1) = _both("add_rms_norm", (x, r, w), 1e-5)
+    _close(y0, y1, report=parity_report, name="add_rms_norm")
+    _close(t0, t1, 0)
+    shift, scale = (Tensor(rng.standard_normal((shape[0], shape[-1])).astype(np.float32)) for _ in range(2))
+    _close(*_both("ada_layer_norm", (x + 5, shift, scale), 1e-5), report=parity_report, name="ada_layer_norm")
+
+
+def _causal(batch, seq, keys, valid):
+    """AR mask: query s sits at slot keys - seq + s; invalid slots (left padding, empty cache) masked."""
+    slot = np.arange(keys)[None, :] <= (keys - seq + np.arange(seq))[:, None]
+    return np.where(slot[None, None] & valid[:, None, None, :], 0, MASKED).astype(np.float32)
+
+
+@pytest.mark.parametrize("case", ["prefill_gqa", "decode_static_kv", "dit_text_padding", "vision_2d", "t5_bias",
+                                  "no_bias"])
+def test_attention_twin(case, parity_report):
+    rng = np.random.default_rng(1)
+    b, h, hkv, s, k, d = {"prefill_gqa": (2, 4, 2, 5, 5, 12), "decode_static_kv": (2, 6, 2, 1, 131, 8),
+                          "dit_text_padding": (2, 3, 3, 9, 13, 16), "vision_2d": (1, 2, 2, 7, 7, 5),
+                          "t5_bias": (2, 2, 2, 6, 6, 4), "no_bias": (1, 1, 1, 3, 70, 3)}[case]
+    q = rng.standard_normal((b, h, s, d)).astype(np.float32)
+    kv = [rng.standard_normal((b, hkv, k, d)).astype(np.float32) for _ in range(2)]
+    valid = np.ones((b, k), bool)
+    bias = None
+    if case == "prefill_gqa":
+        valid[1, :2] = False  # left padding, so two query rows of sample 1 see nothing real
+        bias = _causal(b, s, k, valid)
+    elif case == "decode_static_kv":
+        valid[:, 40:] = False  # empty cache slots
+        valid[0, :3] = False
+        bias = _causal(b, s, k, valid)
+    elif case == "dit_text_padding":
+        bias = np.zeros((b, 1, 1, k), np.float32)
+        bias[0, ..., :4] = MASKED
+    elif case == "vision_2d":
+        image = np.array([0, 0, 0, 1, 1, 1, 1])
+        bias = np.where(image[:, None] == image[None, :], 0, MASKED).astype(np.float32)
+    elif case == "t5_bias":
+        bias = rng.standard_normal((1, h, s, k)).astype(np.float32)
+    outputs = [_Attention(registry.resolve("attention", "CPU", mode).fn, d ** -0.5)(
+        Tensor(q), Tensor(kv[0]), Tensor(kv[1]), None if bias is None else Tensor(bias))
+        for mode in ("composite", "fused")]
+    _close(*outputs, 5e-6, report=parity_report, name=f"attention_{case}")
+
+
+def test_ascendc_selected_when_installed(monkeypatch):
+    """Our AscendC AdaLayerNorm replaces the built-in path on Ascend once its package is on the op path;
+    its ops.Custom registration builds here (it is never launched on CPU)."""
+    monkeypatch.delenv("ASCEND_CUSTOM_OPP_PATH", raising=False)
+    assert registry.kind_of("ada_layer_norm", "Ascend", "fused") == "ascend"
+    monkeypatch.setenv("ASCEND_CUSTOM_OPP_PATH", "/opt/ops/vendors/mindglm")
+    impl = registry.resolve("ada_layer_norm", "Ascend", "fused")
+    assert impl.kind == "ascendc" and isinstance(impl.fn, ascendc.AdaLayerNormAscendC)
+    assert registry.kind_of("rms_norm", "Ascend", "fused") == "ascend"
+    assert isinstance(ascendc.adamw_ema_op(0.9, 0.999, 1e-8, 0.01, 0.999), ms.ops.Custom)
+
+
+def test_ascendc_sources_agree():
+    """Op definitions parse and name the inputs the registration passes; the host tiling plans (CANN-free
+    C++) compile with g++ and their coverage/alignment/Unified-Buffer checks pass."""
+    root = Path(__file__).resolve().parents[1] / "kernels" / "ascendc"
+    ada = json.loads((root / "ada_layer_norm" / "ada_layer_norm.json").read_text())[0]
+    assert [d["name"] for d in ada["input_desc"]] == ["x", "shift", "scale", "epsilon"]
+    adamw = json.loads((root / "adamw_ema" / "adamw_ema.json").read_text())[0]
+    assert [d["name"] for d in adamw["input_desc"]] == ["param", "grad", "exp_avg", "exp_avg_sq", "ema",
+                                                        "step_scalars"]
+    assert [a["name"] for a in adamw["attr"]] == ["beta1", "beta2", "epsilon", "weight_decay", "ema_decay"]
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = Path(tmp) / "check"
+        subprocess.run(["g++", "-std=c++17", "-O1", "-I", str(root), str(root / "tiling_plan_check.cpp"), "-o",
+                        str(exe)], check=True)
+        result = subprocess.run([str(exe)], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "tiling plans: ok", result.stdout
+
+
+def test_adamw_ema_composite():
+    """The composite AdamW+EMA step equals the update written out in numpy (torch.optim.AdamW's maths)."""
+    rng = np.random.default_rng(2)
+    p, g, m, ema = (rng.standard_normal((5, 3)).astype(np.float32) for _ in range(4))
+    v = np.abs(rng.standard_normal((5, 3))).astype(np.float32)
+    lr, b1, b2, eps, wd, decay, step = 1e-2, 0.9, 0.99, 1e-8, 0.1, 0.95, 3
+    scalars = np.array([lr, 1 - b1 ** step, 1 - b2 ** step], np.float32)
+    out = _Apply(adamw_ema.adamw_ema, b1, b2, eps, wd, decay)(*(Tensor(a) for a in (p, g, m, v, ema, scalars)))
+    m2 = b1 * m + (1 - b1) * g
+    v2 = b2 * v + (1 - b2) * g * g
+    p2 = p * (1 - lr * wd) - lr * (m2 / scalars[1]) / (np.sqrt(v2 / scalars[2]) + eps)
+    for got, want in zip(out, (p2, m2, v2, decay * ema + (1 - decay) * p2)):
+        np.testing.assert_allclose(got.asnumpy(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_model_cells_take_the_twins(monkeypatch):
+    """Cells resolve when built: under MINDGLM_KERNELS=fused a DiT block holds the C++ twins."""
+    from mindglm_image.models.dit.transformer import GlmImageTransformerBlock
+
+    monkeypatch.setenv("MINDGLM_KERNELS", "fused")
+    block = GlmImageTransformerBlock(16, 2, 8, 8)
+    assert isinstance(block.attn1.attention, cpu_twins.AttentionTwin)
+    assert isinstance(block.ada_layer_norm, cpu_twins.AdaLayerNormTwin)
+    monkeypatch.setenv("MINDGLM_KERNELS", "composite")
+    assert GlmImageTransformerBlock(16, 2, 8, 8).attn1.attention is attention.attention
