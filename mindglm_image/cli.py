@@ -186,6 +186,15 @@ def _train_dit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_ar(args: argparse.Namespace) -> int:
+    from .jobs.job_args import config_from_args
+    from .jobs.train_ar import train_ar
+    from .training.config import TrainConfig
+
+    train_ar(config_from_args(TrainConfig, args))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .weights.safetensors_io import FLOAT_TAGS
 
@@ -291,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_config_flags(p, TrainConfig)
     p.set_defaults(func=_train_dit)
+    p = sub.add_parser("train-ar", help="SFT of the AR generator (full or LoRA) on a prepared dataset (resumes from out_dir)")
+    add_config_flags(p, TrainConfig)
+    p.set_defaults(func=_train_ar)
     return parser
 
 
