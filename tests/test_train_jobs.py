@@ -90,19 +90,22 @@ def test_dit_lora_job_exports_an_adapter_that_changes_generation(prepared, tmp_p
 def test_ar_lora_job_learns_and_resumes_bit_exactly(prepared, tmp_path):
     tiny, data = prepared
     out = tmp_path / "ar"
-    args = _job("train-ar", tiny, data, out, lora={"r": 8, "lora_alpha": 16.0}, checkpoint_every=4, keep_last=3,
-                schedule={"total_steps": 8, "warmup_steps": 1})
+    # all four samples in every batch: each step scores the same tokens, so the loss curve is the learning
+    args = _job("train-ar", tiny, data, out, lora={"r": 8, "lora_alpha": 16.0}, batch_size=4, checkpoint_every=20,
+                keep_last=3, optimizer={"lr": 3e-2, "ema_decay": 0.5, "max_grad_norm": 0.0},
+                schedule={"total_steps": 40, "warmup_steps": 1, "cosine": False})
     assert main(args) == 0
     losses = _losses(out)
-    assert len(losses) == 8 and losses[-1] < 0.7 * losses[0], losses
+    # measured (tiny model, attention-only rank-8 LoRA, deterministic on CPU): 5.44 -> 3.37
+    assert len(losses) == 40 and losses[-1] < 0.7 * losses[0], losses
     assert (out / "adapter" / "adapter_config.json").is_file()
     keys = SafetensorsFile(out / "adapter" / "adapter_model.safetensors").keys()
     assert {k.split(".")[-3] for k in keys} == {"q_proj", "k_proj", "v_proj", "o_proj"}
     final = list_checkpoints(out)[-1]
     straight = (final / STATE_FILE).read_bytes()
-    shutil.rmtree(final)  # as if killed after the step-4 checkpoint
+    shutil.rmtree(final)  # as if killed after the step-20 checkpoint
     assert main(args) == 0
-    assert [p.name for p in list_checkpoints(out)] == ["step-00000004", "step-00000008"]
+    assert [p.name for p in list_checkpoints(out)] == ["step-00000020", "step-00000040"]
     assert (list_checkpoints(out)[-1] / STATE_FILE).read_bytes() == straight
 
 
@@ -116,9 +119,14 @@ def test_ar_full_job_exports_an_official_layout_model_with_the_ema(prepared, tmp
     state = SafetensorsFile(list_checkpoints(out)[-1] / STATE_FILE)
     name = "model.language_model.layers.0.self_attn.q_proj.weight"
     written = {t.name: t for f in (model / "vision_language_encoder").glob("*.safetensors") for t in SafetensorsFile(f)}
-    ema = state.get(f"ema/{name}").array()
-    np.testing.assert_array_equal(written[name].array().astype(np.float32), ema)
-    assert not np.array_equal(ema, state.get(f"weight/{name}").array())
+    stored = [k[len("ema/"):] for k in state.keys() if k.startswith("ema/") and k.endswith(name)]  # loss-cell prefix
+    assert len(stored) == 1, stored
+    ema = state.get(f"ema/{stored[0]}").array()
+    raw = state.get(f"weight/{stored[0]}").array()
+    value = written[name].array().astype(np.float32)
+    assert written[name].dtype == "BF16"  # the tiny model's dtype: the export keeps each tensor's source dtype
+    np.testing.assert_allclose(value, ema, rtol=2**-8, atol=0)  # the EMA, rounded to bf16
+    assert np.abs(value - raw).max() > 4 * np.abs(value - ema).max()  # not the raw weights
     # a second export of a finished job replaces the folder with a complete one
     assert main(_job("train-ar", tiny, data, out, export_ema=True, schedule={"total_steps": 2, "warmup_steps": 1})) == 0
     assert (model / "model_index.json").is_file()
