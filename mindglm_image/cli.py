@@ -193,6 +193,15 @@ CLI_NAMES = {"prompt": "--prompt", "height": "--height", "width": "--width", "nu
              "guidance_scale": "--guidance", "seed": "--seed", "num_images_per_prompt": "--num-images"}
 
 
+def _train_ar(args: argparse.Namespace) -> int:
+    from .jobs.job_args import config_from_args
+    from .jobs.train_ar import train_ar
+    from .training.config import TrainConfig
+
+    train_ar(config_from_args(TrainConfig, args))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .weights.safetensors_io import FLOAT_TAGS
 
@@ -302,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_config_flags(p, TrainConfig)
     p.set_defaults(func=_train_dit)
+    p = sub.add_parser("train-ar", help="SFT of the AR generator (full or LoRA) on a prepared dataset (resumes from out_dir)", formatter_class=defaults)
+    add_config_flags(p, TrainConfig)
+    p.set_defaults(func=_train_ar)
     return parser
 
 

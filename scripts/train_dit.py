@@ -8,20 +8,11 @@
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
-from mindglm_image.jobs.job_args import add_config_flags, config_from_args
+from mindglm_image.jobs.job_args import job_main
 from mindglm_image.jobs.train_dit import train_dit
 from mindglm_image.training.config import TrainConfig
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_flags(parser, TrainConfig)
-    train_dit(config_from_args(TrainConfig, parser.parse_args(argv)))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(job_main(TrainConfig, train_dit, __doc__))

@@ -5,6 +5,7 @@ import argparse
 import dataclasses
 import json
 import typing
+from collections.abc import Callable
 from pathlib import Path
 
 from ..config.base import ConfigError, HFConfig
@@ -42,3 +43,11 @@ def config_from_args(cls: type[HFConfig], args: argparse.Namespace) -> HFConfig:
     names = {f.name for f in dataclasses.fields(cls)}
     overrides = {k: v for k, v in vars(args).items() if k in names and v is not None}
     return cls.from_dict({**base, **overrides})
+
+
+def job_main(cls: type[HFConfig], run: Callable[[HFConfig], object], doc: str, argv: list[str] | None = None) -> int:
+    """A ``scripts/`` entry point: parse ``--config`` + flags of ``cls`` and run the job (one per msrun worker)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_flags(parser, cls)
+    run(config_from_args(cls, parser.parse_args(argv)))
+    return 0

@@ -85,6 +85,8 @@ class TrainConfig(HFConfig):
     device: str | None = None                    # CPU or Ascend (default: $MINDGLM_DEVICE or CPU)
     dtype: str = "auto"                          # compute dtype: auto (bf16 on Ascend, fp32 on CPU), float32, bfloat16
     lora: dict[str, Any] | None = None           # training.lora.LoraConfig fields; None = full fine-tune
+    export: bool = True                          # at the end: LoRA -> <out_dir>/adapter (PEFT), full -> <out_dir>/model
+    export_ema: bool = False                     # export the trained weights' EMA (needs ema_decay > 0); false: the raw final weights
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)  # see OptimizerConfig
     schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)     # see ScheduleConfig
     dit_loss: DiTLossConfig = dataclasses.field(default_factory=DiTLossConfig)       # used by train-dit only
@@ -96,5 +98,7 @@ class TrainConfig(HFConfig):
         for name in ("model", "data"):
             if not getattr(self, name):
                 raise ConfigError(f"the job needs '{name}' (set it in the job config or pass --{name})")
+        if self.export_ema and self.optimizer.ema_decay == 0:
+            raise ConfigError("train: export_ema=true needs an EMA; set optimizer.ema_decay > 0 or export_ema=false")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ConfigError(f"train.dtype={self.dtype!r}: use auto, float32 or bfloat16")

@@ -373,18 +373,20 @@ def parse_lora_arg(value: str) -> tuple[str, float]:
 # --------------------------------------------------------------------------------------- merged model
 
 def save_merged_model(src: str | Path, dst: str | Path, cells: dict[str, nn.Cell],
-                      max_shard_bytes: int = 5 * 1024**3) -> Path:
+                      max_shard_bytes: int = 5 * 1024**3, overwrite: bool = False) -> Path:
     """Write the model folder ``src`` to ``dst`` (official Hugging Face layout) with the weights of
     ``cells`` (component name -> cell, LoRA folded in); other components are copied. Atomic: ``dst``
-    appears only when complete, and keeps each tensor's dtype from ``src``."""
+    appears only when complete, and keeps each tensor's dtype from ``src``. ``overwrite`` lets a finished
+    model folder at ``dst`` be replaced (by the complete new one), never another kind of folder."""
     from ..tiny_model import write_weights
 
     from ckpt_convert.convert import MANIFEST
+    from ckpt_convert.model_index import is_model_folder
 
     src, dst = Path(src), Path(dst)
     if src.resolve() == dst.resolve():
         raise ValueError("merged model: the destination must differ from the source folder")
-    check_destination(dst, False, lambda d: False, "merged model folder", "a new --out")
+    check_destination(dst, overwrite, is_model_folder, "merged model folder", "a new --out")
     with atomic_dir(dst) as work:
         for f in sorted(src.rglob("*")):
             rel = f.relative_to(src)
