@@ -232,7 +232,7 @@ def test_fine_tune_learns_and_reproduces_its_images(tiny, tmp_path):
     scheduler = FlowMatchEulerScheduler.from_folder(tiny / "scheduler")
     samples = random_samples(dit.config, [(64, 64)] * 2, seed=3)
     for sample, image in zip(samples, _images()):
-        pixels, _ = vae_input(image, 16)
+        pixels = vae_input(image, (64, 64))
         sample["latents"] = normalize_latents(vae.encode_mode(pixels), vae.config).asnumpy()[0]
     maker = DiTBatchMaker(dit.config, scheduler, DiTLossConfig(prior_drop_prob=0.0, glyph_drop_prob=0.0),
                           np.zeros((1, dit.config.text_embed_dim), np.float32))

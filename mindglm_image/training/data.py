@@ -34,7 +34,7 @@ from ..config.base import ConfigError, HFConfig
 from ..models.ar.image_tokens import encode_reference_images
 from ..models.dit.prior_tokens import upsample_prior_tokens
 from ..models.vae.processing import normalize_latents
-from ..pipeline.vae_image import vae_input
+from ..pipeline.vae_image import size_for_grid, vae_input
 from ..processor.image_processing import load_image, preprocess_images
 from ..processor.prompt import GRID_FACTOR, TargetGrid
 from ..weights.safetensors_io import SafetensorsFile, TensorData, write_safetensors
@@ -192,11 +192,11 @@ class SampleEncoder:
         model = self.pipe.vision_language_encoder.model
         return encode_reference_images(model.visual, model.vqmodel, processed.pixel_values, processed.image_grid_thw)
 
-    def _latents(self, image: Image.Image) -> tuple[np.ndarray, tuple[int, int]]:
-        """Normalised VAE latents (C, h/8, w/8) float32 of ``image`` as the pipeline encodes it, and (h, w)."""
-        pixels, size = vae_input(image, self.pipe.vae_scale_factor * self.pipe.transformer.config.patch_size)
-        latents = normalize_latents(self.pipe.vae.encode_mode(pixels), self.pipe.vae.config)
-        return _host_f32(latents)[0], size
+    def _latents(self, image: Image.Image, size: tuple[int, int]) -> np.ndarray:
+        """Normalised VAE latents (C, h/8, w/8) float32 of ``image`` at pixel ``size`` (h, w), as the pipeline
+        encodes it."""
+        latents = normalize_latents(self.pipe.vae.encode_mode(vae_input(image, size)), self.pipe.vae.config)
+        return _host_f32(latents)[0]
 
     def __call__(self, sample: RawSample) -> dict[str, np.ndarray]:
         if sample.problem:
@@ -209,14 +209,16 @@ class SampleEncoder:
         target = fit_to_bucket(target, height, width)
         grid = TargetGrid.for_size(height, width)
         full = self._grid_ids(target, grid.height, grid.width)
-        out = {"latents": self._latents(target)[0],
+        out = {"latents": self._latents(target, (height, width)),
                "prior_ids": upsample_prior_tokens(full, grid.height, grid.width).reshape(-1).astype(np.int32),
                "glyph": _host_f32(self.pipe.glyph.encode(sample.text))[0],
                "size": np.array([height, width], np.int32)}
         if sources:
             ref_ids, grids, upsampled = self.pipe.encode_references([sources])
-            for k, (img, ids) in enumerate(zip(sources, upsampled[0])):
-                out[f"ref_latents_{k}"], size = self._latents(img)
+            multiple = self.pipe.vae_scale_factor * self.pipe.transformer.config.patch_size
+            for k, (img, (_, grid_h, grid_w), ids) in enumerate(zip(sources, grids[0], upsampled[0])):
+                size = size_for_grid(grid_h, grid_w, multiple)  # the pipeline's reference-image size
+                out[f"ref_latents_{k}"] = self._latents(img, size)
                 out[f"ref_prior_ids_{k}"] = np.asarray(ids, np.int32)
                 out[f"ref_size_{k}"] = np.array(size, np.int32)
             batch = self.pipe.prompts([sample.text], height, width, grids)

@@ -34,8 +34,9 @@ class DiTFlowMatchLoss(nn.Cell):
         self.transformer = transformer
 
     def construct(self, latents, noise, sigma, timestep, glyph, prior_ids, prior_drop, target_size, crop_coords,
-                  rope_cos, rope_sin, *refs):
-        """``refs``: per reference image k of an editing batch, (latents, prior_ids, size, rope_cos, rope_sin)."""
+                  rope_cos, rope_sin, text_bias, *refs):
+        """``text_bias`` (B, T): the glyph padding mask as a score bias (see ``transformer_inputs``); ``refs``: per
+        reference image k of an editing batch, (latents, prior_ids, size, rope_cos, rope_sin)."""
         # 1. reference images (editing): one write pass per image, as the pipeline's KV cache; gradients flow
         #    through it. Several images of a sample are concatenated along the sequence in order.
         cache_key, cache_value = None, None
@@ -56,7 +57,7 @@ class DiTFlowMatchLoss(nn.Cell):
         target = noise - latents
         # 3. prediction (timestep is already t - 1, as the pipeline passes it) and the mean squared error
         pred = self.transformer(noisy, glyph, prior_ids, prior_drop, timestep, target_size, crop_coords, rope_cos,
-                                rope_sin, cache_key, cache_value)
+                                rope_sin, text_bias, cache_key, cache_value)
         diff = pred.astype(ms.float32) - target
         return mint.mean(diff * diff)
 
@@ -67,7 +68,8 @@ class DiTBatchMaker:
 
     ``negative_glyph`` (T0, text_embed_dim) are the glyph embeddings of "" (what the pipeline's
     unconditional pass gets); a sample whose glyph is dropped gets them instead. Glyph embeddings of a
-    batch are left-padded with zeros to the longest, as the pipeline pads a batch of prompts.
+    batch are left-padded with zeros to the longest and the padding is masked, as the pipeline does, so a
+    sample's loss does not depend on its batch-mates.
     """
 
     config: GlmImageTransformerConfig
@@ -106,24 +108,25 @@ class DiTBatchMaker:
         glyphs = [self.negative_glyph if drop else s["glyph"] for s, drop in zip(samples, draws["drop_glyph"])]
         longest = max(g.shape[0] for g in glyphs)
         glyph = np.stack([np.pad(np.asarray(g, np.float32), ((longest - g.shape[0], 0), (0, 0))) for g in glyphs])
+        glyph_mask = np.stack([np.arange(longest) >= longest - g.shape[0] for g in glyphs])
         prior_ids = _stack(samples, "prior_ids", np.int32)
         prior_drop = np.repeat(draws["drop_prior"][:, None], prior_ids.shape[1], 1)
         size = _stack(samples, "size", np.float32)
         main = transformer_inputs(self.config, latents, glyph, prior_ids, prior_drop,
-                                  draws["timestep"] - np.float32(1), size, np.zeros_like(size))
-        latents_t, glyph_t, ids_t, drop_t, step_t, size_t, crop_t, cos, sin = main
+                                  draws["timestep"] - np.float32(1), size, np.zeros_like(size), glyph_mask)
+        latents_t, glyph_t, ids_t, drop_t, step_t, size_t, crop_t, cos, sin, text_bias = main
         refs = []
         for k in range(_ref_count(samples)):
             ref_lat = _stack(samples, f"ref_latents_{k}", np.float32)
             ref_ids = _stack(samples, f"ref_prior_ids_{k}", np.int32)
             ref_size = _stack(samples, f"ref_size_{k}", np.float32)
             zeros = np.zeros(len(samples), np.float32)
-            r_lat, _, r_ids, _, _, r_size, _, r_cos, r_sin = transformer_inputs(
+            r_lat, _, r_ids, _, _, r_size, _, r_cos, r_sin, _ = transformer_inputs(
                 self.config, ref_lat, None, ref_ids, np.zeros(ref_ids.shape, bool), zeros, ref_size,
                 np.zeros_like(ref_size))
             refs += [r_lat, r_ids, r_size, r_cos, r_sin]
         return (latents_t, ms.Tensor(draws["noise"]), ms.Tensor(draws["sigma"]), step_t, glyph_t, ids_t, drop_t,
-                size_t, crop_t, cos, sin, *refs)
+                size_t, crop_t, cos, sin, text_bias, *refs)
 
 
 def _ref_count(samples: list[dict]) -> int:
