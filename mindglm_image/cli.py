@@ -161,6 +161,15 @@ def _merge_lora(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .runtime import setup_runtime
+    from .training.export import export_checkpoint
+
+    setup_runtime(args.device)
+    print(f"exported to {export_checkpoint(args.checkpoint, args.out, args.ema)}")
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     import dataclasses
     import json
@@ -283,6 +292,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output model folder (written atomically)")
     p.add_argument("--device", default=None, help="CPU or Ascend (None: $MINDGLM_DEVICE, else CPU)")
     p.set_defaults(func=_merge_lora)
+    p = sub.add_parser("export", help="export a training checkpoint: LoRA -> PEFT adapter, full -> model folder",
+                       formatter_class=defaults)
+    p.add_argument("checkpoint", help="a checkpoint folder (<out_dir>/checkpoints/step-N) or a job's out_dir (newest)")
+    p.add_argument("--out", default=None, help="folder for adapter/ or model/ (None: the job's out_dir)")
+    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
+                   help="export the EMA weights (None: as the job's export_ema says)")
+    p.add_argument("--device", default=None, help="CPU or Ascend (None: $MINDGLM_DEVICE, else CPU)")
+    p.set_defaults(func=_export)
     p = sub.add_parser("serve", help="OpenAI-compatible images server (/v1/images/generations, /v1/images/edits)", formatter_class=defaults)
     p.add_argument("--config", default=None, help="JSON file of ServerConfig fields (flags override it)")
     p.add_argument("--model", help="model folder (official Hugging Face layout or converted)")

@@ -58,6 +58,11 @@ def test_bad_input_fails_before_compute(tiny, dit_config, tmp_path, capsys):
     assert "data folder not found" in capsys.readouterr().err
     assert cli_main(["train-dit", "--model", str(tmp_path), "--data", str(tmp_path)]) == 2
     assert "lacks ['transformer/config.json'" in capsys.readouterr().err
+    assert cli_main(["train-dit", "--config", str(tmp_path / "job.json")]) == 2
+    assert "job config (--config) not found" in capsys.readouterr().err
+    (tmp_path / "job.json").write_text("{")
+    assert cli_main(["train-dit", "--config", str(tmp_path / "job.json")]) == 2
+    assert "is not valid JSON" in capsys.readouterr().err
     with pytest.raises(ValueError, match="dataset is empty"):
         train_dit(_cfg(tiny, tmp_path / "a"), ArrayDataset([]), progress=False)
     wrong = random_samples(dataclasses.replace(dit_config, text_embed_dim=8), [(64, 64)])
@@ -254,6 +259,9 @@ def test_fine_tune_learns_and_reproduces_its_images(tiny, tmp_path):
                schedule={"total_steps": 300, "warmup_steps": 10, "min_lr_ratio": 0.1},
                dit_loss={"prior_drop_prob": 0.0, "glyph_drop_prob": 0.0})
     summary = train_dit(cfg, ArrayDataset(samples), progress=False)
+    # a rerun of the finished job trains nothing and reports the run that finished it (it once wrote NaN)
+    again = train_dit(cfg, ArrayDataset(samples), progress=False)
+    assert again == summary and summary["steps_this_run"] == 300 and np.isfinite(summary["final_loss"])
     load_trained_weights(summary["checkpoint"], dit)
     loss_after, pixel_after = measure()
     print(f"eval loss {loss_before:.4f} -> {loss_after:.4f}; pixel MSE {pixel_before:.5f} -> {pixel_after:.5f}")

@@ -128,6 +128,13 @@ def test_ar_full_job_exports_an_official_layout_model_with_the_ema(prepared, tmp
     assert written[name].dtype == "BF16"  # the tiny model's dtype: the export keeps each tensor's source dtype
     np.testing.assert_allclose(value, ema, rtol=2**-8, atol=0)  # the EMA, rounded to bf16
     assert np.abs(value - raw).max() > 4 * np.abs(value - ema).max()  # not the raw weights
+    # the standalone export of the same checkpoint, raw weights this time, into another folder (a fresh model
+    # cell without the loss cell's name prefix)
+    assert main(["export", str(out), "--out", str(tmp_path / "raw"), "--no-ema"]) == 0
+    again = {t.name: t for f in (tmp_path / "raw" / "model" / "vision_language_encoder").glob("*.safetensors")
+             for t in SafetensorsFile(f)}
+    np.testing.assert_allclose(again[name].array().astype(np.float32), raw, rtol=2**-8, atol=0)
+    assert main(["export", str(tmp_path / "nothing")]) == 2  # no checkpoint there: a clear error, not a traceback
     # a second export of a finished job replaces the folder with a complete one
     assert main(_job("train-ar", tiny, data, out, export_ema=True, schedule={"total_steps": 2, "warmup_steps": 1})) == 0
     assert (model / "model_index.json").is_file()

@@ -52,6 +52,16 @@ def _check_type(owner: str, name: str, value: Any, annotation: Any) -> Any:
     return value
 
 
+def read_json_config(path: Path, what: str, missing_fix: str, invalid_fix: str) -> dict:
+    """The JSON object in ``path``; a missing or malformed file is a ConfigError naming ``what`` and the fix."""
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}; {missing_fix}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path} is not valid JSON ({err}); {invalid_fix}") from None
+
+
 @dataclasses.dataclass
 class HFConfig:
     """Base of every model config: typed fields plus untouched extra keys."""
@@ -112,12 +122,8 @@ class HFConfig:
     @classmethod
     def from_json_file(cls: type[T], path: str | os.PathLike) -> T:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}; point to a model folder that holds config.json")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path} is not valid JSON ({err}); restore it from the original checkpoint") from err
+        data = read_json_config(path, "config file", "point to a model folder that holds config.json",
+                                "restore it from the original checkpoint")
         try:
             return cls.from_dict(data)
         except ConfigError as err:

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import typing
 from collections.abc import Callable
 from pathlib import Path
 
-from ..config.base import ConfigError, HFConfig
+from ..config.base import HFConfig, read_json_config
 
 
 def _bool(text: str) -> bool:
@@ -33,13 +32,8 @@ def config_from_args(cls: type[HFConfig], args: argparse.Namespace) -> HFConfig:
     """The file named by ``--config`` (if any) with the given flags laid over it, validated."""
     base = {}
     if args.config:
-        path = Path(args.config)
-        if not path.is_file():
-            raise ConfigError(f"job config not found: {path}")
-        try:
-            base = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"--config {path} is not valid JSON ({err})") from None
+        base = read_json_config(Path(args.config), "job config (--config)", "check the path",
+                                "fix the job config file")
     names = {f.name for f in dataclasses.fields(cls)}
     overrides = {k: v for k, v in vars(args).items() if k in names and v is not None}
     return cls.from_dict({**base, **overrides})

@@ -101,17 +101,31 @@ def load_checkpoint(folder: str | Path, train_step: TrainStep, fingerprint: dict
     return state
 
 
+def _stored_prefix(names: list[str], params: dict) -> str:
+    """The prefix the training job's loss cell put before the model's own parameter names (e.g. ``model.``
+    for the AR loss cell; none for the DiT's), found as the one that maps every stored name onto ``params``."""
+    parts = names[0].split(".") if names else []
+    for k in range(len(parts)):
+        prefix = "".join(f"{p}." for p in parts[:k])
+        if all(n.startswith(prefix) and n[len(prefix):] in params for n in names):
+            return prefix
+    raise CheckpointError(f"the checkpoint's tensors (e.g. {names[:3]}) are no parameters of this cell; load it into "
+                          "the model it was trained on")
+
+
 def load_trained_weights(folder: str | Path, cell, ema: bool = False) -> list[str]:
     """Put a checkpoint's trained weights (or their EMA) into ``cell``'s parameters of the same names (e.g. a
-    freshly loaded model for sampling or export); returns the names set."""
+    freshly loaded model for sampling or export, with or without the job's loss cell around it); returns
+    the names set."""
     stored = SafetensorsFile(Path(folder) / STATE_FILE)
     group = "ema/" if ema else "weight/"
     params = cell.parameters_dict()
     names = [k[len(group):] for k in stored.keys() if k.startswith(group)]
-    unknown = [n for n in names if n not in params]
-    if unknown or not names:
-        raise CheckpointError(f"{folder} holds no {group[:-1]} tensors for this cell (unknown: {unknown[:5]}); "
-                              "load it into the model it was trained on")
+    if not names:
+        raise CheckpointError(f"{folder} holds no {group[:-1]} tensors"
+                              + ("; it was trained without an EMA (ema_decay 0): export the raw weights" if ema else ""))
+    prefix = _stored_prefix(names, params)
     for name in names:
-        params[name].set_data(Tensor(stored.get(group + name).array().copy(), params[name].dtype))
-    return names
+        param = params[name[len(prefix):]]
+        param.set_data(Tensor(stored.get(group + name).array().copy(), param.dtype))
+    return [n[len(prefix):] for n in names]

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from ..config.base import write_json_atomic
 
 METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
 
 
 def _crc32c_table() -> list[int]:
@@ -128,4 +129,4 @@ class MetricsLogger:
         self.jsonl.close()
         self.events.close()
         if summary is not None:
-            write_json_atomic(self.out_dir / "summary.json", summary)
+            write_json_atomic(self.out_dir / SUMMARY_FILE, summary)

@@ -9,8 +9,10 @@ position (epoch, next micro-batch) is all the RNG state there is.
 """
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -18,7 +20,7 @@ import numpy as np
 from ..weights.safetensors_io import CheckpointError
 from .checkpoint import checkpoint_dir, list_checkpoints, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .metrics import MetricsLogger
+from .metrics import SUMMARY_FILE, MetricsLogger
 from .optim import learning_rate
 from .train_step import TrainStep
 
@@ -99,10 +101,14 @@ class Trainer:
         cfg = self.cfg
         state = self._resume()
         start_step, total = state["step"], cfg.schedule.total_steps
+        finished = Path(cfg.out_dir) / SUMMARY_FILE
+        if start_step >= total and finished.is_file():
+            # a rerun of a finished job changes nothing: report the run that finished it
+            return json.loads(finished.read_text(encoding="utf-8"))
         logger = MetricsLogger(cfg.out_dir, total, start_step, enabled=self.rank == 0, progress=self.progress)
         checkpoint = list_checkpoints(cfg.out_dir)[-1] if start_step else None
         started = time.perf_counter()
-        loss = float("nan")
+        loss = None  # no step run yet
         try:
             while state["step"] < total:
                 tick = time.perf_counter()
