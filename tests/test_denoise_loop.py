@@ -16,7 +16,7 @@ def test_cfg_loop_matches_pipeline(reference_fixture, parity_report, tmp_path):
     transformer = load_converted("transformer", folder / "transformer", tmp_path)
     scheduler = FlowMatchEulerScheduler.from_folder(folder / "scheduler")
     final = denoise(transformer, scheduler, data["latents"], data["prior_ids"], data["glyph"], data["negative"],
-                    64, 96, DenoiseConfig(num_inference_steps=4, guidance_scale=1.5, progress=False))
+                    64, 96, DenoiseConfig(num_inference_steps=4, guidance_scale=1.5, progress=False)).latents
     np.testing.assert_array_equal(scheduler.timesteps, data["timesteps"])
     np.testing.assert_array_equal(scheduler.sigmas, data["sigmas"])
     assert np.abs(final - data["latents"]).max() > 0.1  # the loop moved the latents
