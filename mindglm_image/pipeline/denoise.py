@@ -30,7 +30,7 @@ import functools
 
 import mindspore as ms
 import numpy as np
-from mindspore import Tensor, mint, nn
+from mindspore import Tensor, mint, nn, ops
 from tqdm import tqdm
 
 from ..finite import check_finite, non_finite_error
@@ -87,7 +87,7 @@ class GuidedEulerStep(nn.Cell):
         latents = latents + (sigmas[index + 1] - sigmas[index]) * velocity
         bad = mint.logical_not(mint.isfinite(latents)).sum().astype(ms.int32)
         first = mint.logical_and(bad > 0, record[0] < 0)
-        record = mint.where(first, mint.stack((index, bad)), record)
+        record = mint.where(first, ops.stack((index, bad)), record)
         model_input = mint.cat((latents, latents)) if self.guided else latents
         return latents, model_input, record
 
