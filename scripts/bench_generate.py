@@ -1,7 +1,7 @@
 """Generation speed on CPU: our pipeline against the reference GlmImagePipeline, same model, same run.
 
 Writes the tiny model (``make-tiny``) unless ``--model`` is given, times our AR decoding (tokens/s) and
-denoising (s/step, CFG: two DiT calls per step) cold (first call: graph compilation) and warm (best of
+denoising (s/step, CFG: one batched DiT call per step) cold (first call: graph compilation) and warm (best of
 ``--repeats``), runs the reference pipeline on the same folder in ``.venv-ref`` and prints the ratios.
 
     .venv/bin/python scripts/bench_generate.py --height 256 --width 256 --steps 8
