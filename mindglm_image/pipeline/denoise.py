@@ -99,8 +99,9 @@ def _euler_step(guided: bool) -> GuidedEulerStep:
 
 
 def denoise(transformer: nn.Cell, scheduler: FlowMatchEulerScheduler, latents: np.ndarray, prior_ids: np.ndarray,
-            glyph, negative_glyph, height: int, width: int, cfg: DenoiseConfig = DenoiseConfig(),
-            kv_cache: GlmImageKVCache | None = None, glyph_mask: np.ndarray | None = None) -> DenoiseOutput:
+            glyph: np.ndarray | Tensor, negative_glyph: np.ndarray | Tensor | None, height: int, width: int,
+            cfg: DenoiseConfig = DenoiseConfig(), kv_cache: GlmImageKVCache | None = None,
+            glyph_mask: np.ndarray | None = None) -> DenoiseOutput:
     """Run the loop from initial noise ``latents`` (B, C, H/8, W/8).
 
     ``prior_ids`` (B, patches) are the upsampled AR tokens; ``negative_glyph`` may be None only when
@@ -131,6 +132,7 @@ def _sizes(rows: int, height: int, width: int, cfg: DenoiseConfig) -> tuple[np.n
 
 
 def _device_loop(transformer, scheduler, latents, prior_ids, passes, timesteps, height, width, cfg, kv_cache):
+    """One DiT call a step over the passes' rows stacked ([cond | uncond]); latents stay on the device."""
     batch, guided = latents.shape[0], len(passes) == 2
     rows = len(passes) * batch
     # 1. everything the loop reads but never changes, as device tensors: [cond | uncond] rows
@@ -160,6 +162,7 @@ def _device_loop(transformer, scheduler, latents, prior_ids, passes, timesteps, 
 
 
 def _host_loop(transformer, scheduler, latents, prior_ids, passes, timesteps, height, width, cfg, kv_cache):
+    """The twin: one DiT call per pass a step, each velocity read back, guidance and Euler step in numpy."""
     batch = latents.shape[0]
     target, crop = _sizes(batch, height, width, cfg)
     cache_inputs = kv_cache.read_inputs(batch) if kv_cache is not None else ()
