@@ -7,6 +7,9 @@ a small compiled graph, mixes the two halves with the guidance scale in fp32 and
 step with the sigmas held on the device. The loop never waits for the device: every input that does not
 change (prior ids, drop masks, sizes, glyph embeddings and their mask, rotary tables, the cache, the
 per-step timesteps) is uploaded once before it, and the final latents are read back once at the end.
+The price of batching: one call holds both passes' activations (twice a pass's; the composite attention's
+fp32 scores grow with the rows, flash attention on Ascend keeps them linear in the sequence) and, for I2I,
+a second copy of the reference cache for the unconditional rows.
 
 Non-finite numbers: a NaN/inf in the latents stays non-finite through every later Euler step, so the final
 latents show whether any step failed; the step graph records on the device the first step whose latents
