@@ -30,7 +30,7 @@ from ..generation.sampling import SamplingConfig, TokenSampler
 from ..models.ar.image_tokens import encode_reference_images
 from ..models.dit.kv_cache import GlmImageKVCache
 from ..models.dit.prior_tokens import upsample_prior_tokens
-from ..models.glyph.glyph_encoder import GlyphEncoder
+from ..models.glyph.glyph_encoder import GlyphEncoder, PromptEmbeddings
 from ..models.vae.processing import denormalize_latents, normalize_latents, postprocess_images, to_uint8
 from ..processor.byt5_tokenizer import ByT5Tokenizer
 from ..processor.image_processing import GlmImageImageProcessorConfig, load_image, preprocess_images
@@ -283,10 +283,11 @@ class GlmImagePipeline:
         return prompts
 
     def latent_shape(self, images: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """(images, C, H/8, W/8): the DiT's latent shape for ``images`` images of ``height x width`` pixels."""
         return (images, self.transformer.config.in_channels, height // self.vae_scale_factor,
                 width // self.vae_scale_factor)
 
-    def encode_glyphs(self, prompts: list[str], guided: bool, num_images_per_prompt: int):
+    def encode_glyphs(self, prompts: list[str], guided: bool, num_images_per_prompt: int) -> PromptEmbeddings:
         """Glyph-byT5 embeddings per image (``guided``: also those of "" for the unconditional pass), checked finite."""
         glyph = self.glyph.encode_prompt(prompts, guided, num_images_per_prompt)
         for embeddings in (glyph.positive, glyph.negative):
