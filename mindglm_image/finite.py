@@ -23,7 +23,7 @@ def check_finite(values: np.ndarray | ms.Tensor, stage: str) -> np.ndarray:
 
 
 def non_finite_error(stage: str, bad: int, total: int) -> NonFiniteError:
-    """The error for ``bad`` non-finite values of ``total`` in ``stage`` (counted on the device or by ``check_finite``)."""
+    """The error for ``bad`` non-finite values of ``total`` (also raised from flags counted in a graph)."""
     return NonFiniteError(
         f"{stage} produced {bad} non-finite values (NaN/inf) of {total}; no image was written. "
         "Check the checkpoint's weights (mindglm-image verify), the guidance scale and, on bf16 devices, "

@@ -35,8 +35,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--denoise-only", action="store_true", help="time our host vs device denoising loops only")
     parser.add_argument("--ref-python", default=os.environ.get("MINDGLM_REF_PYTHON", str(ROOT / ".venv-ref/bin/python")))
+    parser.add_argument("--denoise-only", action="store_true", help="time our host vs device denoising loops only")
     args = parser.parse_args()
 
     from mindglm_image.pipeline.glm_image_pipeline import GlmImagePipeline
