@@ -1,10 +1,17 @@
 """Generation speed on CPU: our pipeline against the reference GlmImagePipeline, same model, same run.
 
 Writes the tiny model (``make-tiny``) unless ``--model`` is given, times our AR decoding (tokens/s) and
-denoising (s/step, CFG: two DiT calls per step) cold (first call: graph compilation) and warm (best of
+denoising (s/step, CFG: one batched DiT call per step) cold (first call: graph compilation) and warm (best of
 ``--repeats``), runs the reference pipeline on the same folder in ``.venv-ref`` and prints the ratios.
 
     .venv/bin/python scripts/bench_generate.py --height 256 --width 256 --steps 8
+
+``--denoise-only`` times just the CFG denoising loop, ours both ways on the same inputs: the host loop (two DiT
+calls a step, numpy Euler step, every velocity read back) against the device loop the pipeline runs (one
+batched DiT call a step, Euler step on the device, one readback), with host syncs per image and the largest
+difference of their final latents:
+
+    .venv/bin/python scripts/bench_generate.py --denoise-only --height 256 --width 256 --steps 8
 """
 from __future__ import annotations
 
@@ -29,6 +36,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--ref-python", default=os.environ.get("MINDGLM_REF_PYTHON", str(ROOT / ".venv-ref/bin/python")))
+    parser.add_argument("--denoise-only", action="store_true", help="time our host vs device denoising loops only")
     args = parser.parse_args()
 
     from mindglm_image.pipeline.glm_image_pipeline import GlmImagePipeline
@@ -38,6 +46,9 @@ def main() -> None:
     setup_runtime("CPU")
     model = args.model or make_tiny_model(Path(tempfile.mkdtemp()) / "tiny", progress=False)
     pipe = GlmImagePipeline.from_pretrained(model)
+    if args.denoise_only:
+        print(json.dumps(compare_denoise_loops(pipe, args), indent=2))
+        return
     runs = []
     for _ in range(1 + args.repeats):
         out = pipe(PROMPT, height=args.height, width=args.width, num_inference_steps=args.steps, progress=False)
@@ -58,6 +69,40 @@ def main() -> None:
               "warm_ratio_vs_reference": {"ar_speed": round(ours["warm_ar_tok_per_s"] / ref_tok_s, 2),
                                           "denoise_speed": round(ref_step / ours["warm_s_per_step"], 2)}}
     print(json.dumps(report, indent=2))
+
+
+def compare_denoise_loops(pipe, args) -> dict:
+    """s/step of the host and device loops (cold: first call, compiling; warm: best of ``--repeats``) on one
+    prompt's inputs, the median speedup over back-to-back pairs (robust to a shared machine's load), their
+    host syncs per image and max |device - host| / max |host| of the final latents."""
+    import numpy as np
+
+    from mindglm_image.pipeline.denoise import DenoiseConfig, denoise
+    from mindglm_image.scheduler.flow_match import image_seq_len
+
+    glyph = pipe.encode_glyphs([PROMPT], True, 1)
+    patches = image_seq_len(args.height, args.width, pipe.vae_scale_factor, pipe.transformer.config.patch_size)
+    ids = np.random.default_rng(0).integers(0, pipe.transformer.config.prior_vq_quantizer_codebook_size, (1, patches))
+    latents = pipe.prepare_latents(1, 1, args.height, args.width, 0, None)
+    loops = {"host_two_calls": False, "device_batched": True}
+    seconds, outs = {name: [] for name in loops}, {}
+    for _ in range(1 + args.repeats):  # the loops alternate, so a change of machine load hits both
+        for name, device_loop in loops.items():
+            cfg = DenoiseConfig(args.steps, 1.5, pipe.vae_scale_factor, progress=False, device_loop=device_loop)
+            start = time.perf_counter()
+            outs[name] = denoise(pipe.transformer, pipe.scheduler, latents, ids, glyph.positive, glyph.negative,
+                                 args.height, args.width, cfg, None, glyph.mask)
+            seconds[name].append(time.perf_counter() - start)
+    report = {name: {"cold_s_per_step": round(times[0] / args.steps, 4),
+                     "warm_s_per_step": round(min(times[1:]) / args.steps, 4),
+                     "host_syncs_per_image": outs[name].host_syncs} for name, times in seconds.items()}
+    finals = {name: out.latents for name, out in outs.items()}
+    host, device = finals["host_two_calls"], finals["device_batched"]
+    return {"size": f"{args.height}x{args.width}", "steps": args.steps, **report,
+            "warm_speedup": round(report["host_two_calls"]["warm_s_per_step"] / report["device_batched"]["warm_s_per_step"], 2),
+            "median_paired_speedup": round(float(np.median([h / d for h, d in zip(seconds["host_two_calls"][1:],
+                                                                                     seconds["device_batched"][1:])])), 2),
+            "final_latents_rel_diff": float(np.abs(device - host).max() / np.abs(host).max())}
 
 
 if __name__ == "__main__":

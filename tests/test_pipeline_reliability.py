@@ -25,6 +25,7 @@ def test_image_does_not_depend_on_batch_neighbours(pipe):
     plain, quoted = "a red cat on a chair", 'a shop sign that says "GRAND OPENING TODAY: EVERYTHING HALF PRICE"'
     alone = pipe(plain, seed=[3], **SIZE).pixels[0]
     batched = pipe([quoted, plain], seed=[7, 3], **SIZE)
+    assert (batched.timings.denoise_host_syncs, batched.timings.images) == (1, 2)  # one readback for the batch
     np.testing.assert_allclose(batched.pixels[1], alone, atol=1e-5)
     np.testing.assert_allclose(batched.pixels[0], pipe(quoted, seed=[7], **SIZE).pixels[0], atol=1e-5)
 

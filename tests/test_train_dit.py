@@ -250,7 +250,7 @@ def test_fine_tune_learns_and_reproduces_its_images(tiny, tmp_path):
         loss_cell = DiTFlowMatchLoss(dit)
         loss = np.mean([float(loss_cell(*batch).asnumpy()) for batch in evaluation])
         final = denoise(dit, scheduler, noise, ids, glyph, None, 64, 64,
-                        DenoiseConfig(num_inference_steps=20, guidance_scale=1.0, progress=False))
+                        DenoiseConfig(num_inference_steps=20, guidance_scale=1.0, progress=False)).latents
         pixels = postprocess_images(vae.decode(denormalize_latents(ms.Tensor(final), vae.config)))
         return loss, float(np.mean((pixels - target) ** 2))
 

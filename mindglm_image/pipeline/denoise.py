@@ -1,8 +1,23 @@
 """The DiT denoising loop with classifier-free guidance, as GlmImagePipeline runs it.
 
-Each step calls the DiT twice (conditional: glyph embeddings, prior tokens kept, reference-image KV
-cache read; unconditional: negative embeddings, prior tokens dropped, cache skipped) with timestep
-``t - 1``, mixes them with the guidance scale in fp32 and takes a flow-match Euler step on the host.
+Each step is ONE DiT call over a doubled batch, timestep ``t - 1``: rows [0, B) are the conditional pass
+(glyph embeddings, prior tokens kept, reference-image KV cache read), rows [B, 2B) the unconditional pass
+(negative embeddings, prior tokens dropped, cached keys masked off by ``cache_bias``). ``GuidedEulerStep``,
+a small compiled graph, mixes the two halves with the guidance scale in fp32 and takes the flow-match Euler
+step with the sigmas held on the device. The loop never waits for the device: every input that does not
+change (prior ids, drop masks, sizes, glyph embeddings and their mask, rotary tables, the cache, the
+per-step timesteps) is uploaded once before it, and the final latents are read back once at the end.
+The price of batching: one call holds both passes' activations (twice a pass's; the composite attention's
+fp32 scores grow with the rows, flash attention on Ascend keeps them linear in the sequence) and, for I2I,
+a second copy of the reference cache for the unconditional rows.
+
+Non-finite numbers: a NaN/inf in the latents stays non-finite through every later Euler step, so the final
+latents show whether any step failed; the step graph records on the device the first step whose latents
+were not finite (and how many values), read back only then, so the error still names the step.
+
+``DenoiseConfig(device_loop=False)`` is the host twin, shaped as the reference pipeline: two DiT calls per
+step and the numpy scheduler step, every velocity read back. It is the loop the device loop is tested
+against (equal to 1e-6) and the baseline of ``scripts/bench_generate.py --denoise-only``.
 
 Both passes get their glyph embeddings left-padded with zeros to one bucketed length, the padding masked
 out of attention: they then share one compiled DiT graph, and so do prompts of similar length. (CPU
@@ -14,13 +29,14 @@ float summation order (~1e-7).
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import mindspore as ms
 import numpy as np
-from mindspore import nn
+from mindspore import Tensor, mint, nn, ops
 from tqdm import tqdm
 
-from ..finite import check_finite
+from ..finite import check_finite, non_finite_error
 from ..models.dit.kv_cache import GlmImageKVCache
 from ..models.dit.transformer import transformer_inputs
 from ..scheduler.flow_match import FlowMatchEulerScheduler, image_seq_len
@@ -34,6 +50,13 @@ class DenoiseConfig:
     crop_coords: tuple[int, int] = (0, 0)
     progress: bool = True
     text_bucket: int = 32         # glyph token counts are padded (masked) up to a multiple of this
+    device_loop: bool = True      # False: the host twin (two DiT calls a step, numpy Euler step; tests, benchmarks)
+
+
+@dataclasses.dataclass
+class DenoiseOutput:
+    latents: np.ndarray           # final latents (B, C, H/8, W/8), float32
+    host_syncs: int               # device-to-host readbacks the loop made, for the whole batch
 
 
 def pad_glyph(embeddings, mask: np.ndarray | None, length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -47,44 +70,119 @@ def pad_glyph(embeddings, mask: np.ndarray | None, length: int) -> tuple[np.ndar
     return np.pad(emb, ((0, 0), (pad, 0), (0, 0))), np.pad(keep, ((0, 0), (pad, 0)))
 
 
+class GuidedEulerStep(nn.Cell):
+    """One sampler step on the device: the guided mix ``uncond + g * (cond - uncond)`` of a [cond | uncond] DiT
+    output in fp32 (``guided``; else the output is the velocity), then ``x + (sigmas[i + 1] - sigmas[i]) * v``.
+
+    Returns the new latents (B, ...), the next DiT input (the latents twice when guided) and the non-finite
+    record: int32 (first step whose latents were not finite, their count), (-1, 0) while all are finite.
+    """
+
+    def __init__(self, guided: bool):
+        super().__init__()
+        self.guided = guided
+
+    def construct(self, output, latents, sigmas, index, guidance, record):
+        velocity = output.astype(ms.float32)
+        if self.guided:
+            cond, uncond = mint.chunk(velocity, 2, 0)
+            velocity = uncond + guidance * (cond - uncond)
+        latents = latents + (sigmas[index + 1] - sigmas[index]) * velocity
+        bad = mint.logical_not(mint.isfinite(latents)).sum().astype(ms.int32)
+        first = mint.logical_and(bad > 0, record[0] < 0)
+        record = mint.where(first, ops.stack((index, bad)), record)
+        model_input = mint.cat((latents, latents)) if self.guided else latents
+        return latents, model_input, record
+
+
+@functools.lru_cache(maxsize=2)
+def _euler_step(guided: bool) -> GuidedEulerStep:
+    """One instance per mode for the process: a compiled graph is cached per cell instance."""
+    return GuidedEulerStep(guided)
+
+
 def denoise(transformer: nn.Cell, scheduler: FlowMatchEulerScheduler, latents: np.ndarray, prior_ids: np.ndarray,
-            glyph: np.ndarray, negative_glyph: np.ndarray | None, height: int, width: int,
+            glyph: np.ndarray | Tensor, negative_glyph: np.ndarray | Tensor | None, height: int, width: int,
             cfg: DenoiseConfig = DenoiseConfig(), kv_cache: GlmImageKVCache | None = None,
-            glyph_mask: np.ndarray | None = None) -> np.ndarray:
-    """Run the loop from initial noise ``latents`` (B, C, H/8, W/8); returns the final latents (float32).
+            glyph_mask: np.ndarray | None = None) -> DenoiseOutput:
+    """Run the loop from initial noise ``latents`` (B, C, H/8, W/8).
 
     ``prior_ids`` (B, patches) are the upsampled AR tokens; ``negative_glyph`` may be None only when
     ``guidance_scale <= 1`` (no unconditional pass, as in the reference); ``glyph_mask`` (B, T) is False on
     the left padding of ``glyph`` (a batch of prompts whose quoted texts differ in length).
     """
-    config = transformer.config
     guided = cfg.guidance_scale > 1
     if guided and negative_glyph is None:
         raise ValueError("guidance_scale > 1 needs negative glyph embeddings (encode the empty prompt)")
     latents = np.asarray(latents, dtype=np.float32)
-    batch = latents.shape[0]
-    timesteps = scheduler.set_timesteps(cfg.num_inference_steps,
-                                        image_seq_len(height, width, cfg.vae_scale_factor, config.patch_size))
-    target = np.tile(np.asarray([[height, width]], np.float32), (batch, 1))
-    crop = np.tile(np.asarray([cfg.crop_coords], np.float32), (batch, 1))
-    keep = np.zeros(prior_ids.shape, dtype=bool)
-    drop = np.ones(prior_ids.shape, dtype=bool)
-    cache_inputs = kv_cache.read_inputs(batch) if kv_cache is not None else ()
+    prior_ids = np.asarray(prior_ids)
+    timesteps = scheduler.set_timesteps(cfg.num_inference_steps, image_seq_len(
+        height, width, cfg.vae_scale_factor, transformer.config.patch_size))
+    # one padded glyph length for both passes; each pass: (embeddings, mask, prior tokens dropped)
     longest = max(glyph.shape[1], negative_glyph.shape[1] if guided else 0)
     text_len = -(-longest // cfg.text_bucket) * cfg.text_bucket if cfg.text_bucket else longest
-    glyph, glyph_mask = pad_glyph(glyph, glyph_mask, text_len)
+    passes = [(*pad_glyph(glyph, glyph_mask, text_len), False)]
     if guided:
-        negative_glyph, negative_mask = pad_glyph(negative_glyph, None, text_len)
+        passes.append((*pad_glyph(negative_glyph, None, text_len), True))
+    loop = _device_loop if cfg.device_loop else _host_loop
+    return loop(transformer, scheduler, latents, prior_ids, passes, timesteps, height, width, cfg, kv_cache)
+
+
+def _sizes(rows: int, height: int, width: int, cfg: DenoiseConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(target_size, crop_coords), each (rows, 2) float32."""
+    return (np.tile(np.asarray([[height, width]], np.float32), (rows, 1)),
+            np.tile(np.asarray([cfg.crop_coords], np.float32), (rows, 1)))
+
+
+def _device_loop(transformer, scheduler, latents, prior_ids, passes, timesteps, height, width, cfg, kv_cache):
+    """One DiT call a step over the passes' rows stacked ([cond | uncond]); latents stay on the device."""
+    batch, guided = latents.shape[0], len(passes) == 2
+    rows = len(passes) * batch
+    # 1. everything the loop reads but never changes, as device tensors: [cond | uncond] rows
+    target, crop = _sizes(rows, height, width, cfg)
+    drop = np.concatenate([np.full(prior_ids.shape, dropped) for _, _, dropped in passes])
+    step_t = [Tensor(np.full(rows, t, dtype=np.float32) - np.float32(1)) for t in timesteps]
+    inputs = list(transformer_inputs(
+        transformer.config, np.concatenate([latents] * len(passes)), np.concatenate([p[0] for p in passes]),
+        np.concatenate([prior_ids] * len(passes)), drop, step_t[0], target, crop,
+        np.concatenate([p[1] for p in passes])))
+    cache = (() if kv_cache is None else
+             kv_cache.read_inputs_guided(batch) if guided else kv_cache.read_inputs(batch))
+    sigmas, guidance = Tensor(scheduler.sigmas), Tensor(np.float32(cfg.guidance_scale))
+    indices = [Tensor(i, ms.int32) for i in range(len(timesteps))]
+    step = _euler_step(guided)
+    # 2. the loop: one DiT call and one step graph per step, nothing read back
+    x, model_input, record = Tensor(latents), inputs[0], Tensor(np.array([-1, 0], np.int32))
+    for i in tqdm(range(len(timesteps)), desc="denoise", disable=not cfg.progress):
+        inputs[0], inputs[4] = model_input, step_t[i]
+        x, model_input, record = step(transformer(*inputs, *cache), x, sigmas, indices[i], guidance, record)
+    # 3. one readback; the record only when something went non-finite
+    final = x.asnumpy()
+    if not np.isfinite(final).all():
+        first, bad = (int(v) for v in record.asnumpy())
+        raise non_finite_error(f"denoising step {first + 1}/{len(timesteps)} (DiT velocity)", bad, final.size)
+    return DenoiseOutput(final, host_syncs=1)
+
+
+def _host_loop(transformer, scheduler, latents, prior_ids, passes, timesteps, height, width, cfg, kv_cache):
+    """The twin: one DiT call per pass a step, each velocity read back, guidance and Euler step in numpy."""
+    batch = latents.shape[0]
+    target, crop = _sizes(batch, height, width, cfg)
+    cache_inputs = kv_cache.read_inputs(batch) if kv_cache is not None else ()
+    syncs = 0
     for i, t in enumerate(tqdm(timesteps, desc="denoise", disable=not cfg.progress)):
         step_t = np.full(batch, t, dtype=np.float32) - np.float32(1)
-        cond = transformer(*transformer_inputs(config, latents, glyph, prior_ids, keep, step_t, target, crop,
-                                               glyph_mask), *cache_inputs).asnumpy().astype(np.float32)
-        if guided:
-            uncond = transformer(*transformer_inputs(config, latents, negative_glyph, prior_ids, drop, step_t, target,
-                                                     crop, negative_mask)).asnumpy().astype(np.float32)
+        velocities = []
+        for embeddings, mask, dropped in passes:  # the unconditional pass skips the cache
+            velocities.append(transformer(
+                *transformer_inputs(transformer.config, latents, embeddings, prior_ids,
+                                    np.full(prior_ids.shape, dropped), step_t, target, crop, mask),
+                *(() if dropped else cache_inputs)).asnumpy().astype(np.float32))
+            syncs += 1
+        velocity = velocities[0]
+        if len(velocities) == 2:
+            cond, uncond = velocities
             velocity = uncond + np.float32(cfg.guidance_scale) * (cond - uncond)
-        else:
-            velocity = cond
         latents = check_finite(scheduler.step(velocity, i, latents),
                                f"denoising step {i + 1}/{len(timesteps)} (DiT velocity)")
-    return latents
+    return DenoiseOutput(latents, syncs)

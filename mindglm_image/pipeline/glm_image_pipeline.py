@@ -5,7 +5,8 @@
 2. Glyph-byT5 embeddings of the quoted text (and of "" for the unconditional branch).
 3. I2I: every reference image is VAE-encoded (at the size its AR grid implies, see ``vae_image``) and
    run once through the DiT to fill its KV cache.
-4. CFG flow-match denoising from seeded noise; 5. VAE decode to pixels.
+4. CFG flow-match denoising from seeded noise, on the device: one DiT call per step over the conditional
+   and unconditional rows (``denoise``); 5. VAE decode to pixels.
 
 Arguments are checked before any model work (``check_request``); non-finite numbers at any stage
 raise ``NonFiniteError`` naming the stage, so no black image is ever returned.
@@ -29,7 +30,7 @@ from ..generation.sampling import SamplingConfig, TokenSampler
 from ..models.ar.image_tokens import encode_reference_images
 from ..models.dit.kv_cache import GlmImageKVCache
 from ..models.dit.prior_tokens import upsample_prior_tokens
-from ..models.glyph.glyph_encoder import GlyphEncoder
+from ..models.glyph.glyph_encoder import GlyphEncoder, PromptEmbeddings
 from ..models.vae.processing import denormalize_latents, normalize_latents, postprocess_images, to_uint8
 from ..processor.byt5_tokenizer import ByT5Tokenizer
 from ..processor.image_processing import GlmImageImageProcessorConfig, load_image, preprocess_images
@@ -118,12 +119,19 @@ class Timings:
     ar_tokens: int = 0            # generated tokens per sample
     denoise_seconds: float = 0.0
     steps: int = 0
+    denoise_host_syncs: int = 0   # device-to-host readbacks of the denoising loop, whole batch
+    images: int = 0               # images of the call
     decode_seconds: float = 0.0
+
+    @property
+    def denoise_syncs_per_image(self) -> float:
+        return self.denoise_host_syncs / max(self.images, 1)
 
     def summary(self) -> str:
         ar = f"AR {self.ar_tokens} tokens in {self.ar_seconds:.2f} s ({self.ar_tokens / max(self.ar_seconds, 1e-9):.1f} tok/s)"
         return (f"{ar}; denoise {self.steps} steps in {self.denoise_seconds:.2f} s "
-                f"({self.denoise_seconds / max(self.steps, 1):.3f} s/step); VAE decode {self.decode_seconds:.2f} s")
+                f"({self.denoise_seconds / max(self.steps, 1):.3f} s/step, {self.denoise_host_syncs} host syncs); "
+                f"VAE decode {self.decode_seconds:.2f} s")
 
 
 @dataclasses.dataclass
@@ -223,20 +231,17 @@ class GlmImagePipeline:
         the images differ by their noise). ``image`` holds reference images (I2I); ``prior_token_ids``
         (one row per prompt) and ``latents`` (one per image) replace the AR step and the seeded noise. ``seed``
         may be one seed per prompt: its images then depend on that seed only, whatever the batch."""
-        prompts = check_request(prompt, height, width, num_inference_steps, guidance_scale, seed,
-                                num_images_per_prompt, self.limits)
-        row_seeds = None if isinstance(seed, numbers.Integral) else [int(s) for s in seed]
         n = num_images_per_prompt
-        latent_shape = (len(prompts) * n, self.transformer.config.in_channels,
-                        height // self.vae_scale_factor, width // self.vae_scale_factor)
-        if latents is not None and tuple(np.shape(latents)) != latent_shape:
-            raise ValueError(f"latents must have shape {latent_shape} (one per image), got {tuple(np.shape(latents))}")
-        if prior_token_ids is not None and (np.ndim(prior_token_ids) != 2 or len(prior_token_ids) != len(prompts)):
-            raise ValueError(f"prior_token_ids must have one row per prompt ({len(prompts)}), "
-                             f"got shape {np.shape(prior_token_ids)}")
+        # 1. check every argument before any model work
+        prompts = self.check_inputs(prompt, height, width, num_inference_steps, guidance_scale, seed,
+                                    prior_token_ids, latents, n)
+        row_seeds = None if isinstance(seed, numbers.Integral) else [int(s) for s in seed]
+        timings = Timings(steps=num_inference_steps, images=len(prompts) * n)
+        # 2. reference images (I2I): their VQ ids for the prompt, their AR grids, their ids at the DiT's grid
         images = self._reference_images(image, len(prompts))
         reference_ids, grids, upsampled = self.encode_references(images) if images is not None else (None, None, None)
-        prior, timings = None, Timings(steps=num_inference_steps)
+        # 3. AR prior tokens, unless given
+        prior = None
         if prior_token_ids is None:
             start = time.perf_counter()
             prior = self.generate_prior(prompts, height, width,
@@ -244,31 +249,72 @@ class GlmImagePipeline:
                                         reference_ids, grids, progress, row_seeds)
             timings.ar_seconds, timings.ar_tokens = time.perf_counter() - start, prior.generated.shape[1]
             prior_token_ids = prior.prior_ids
-        glyph = self.glyph.encode_prompt(prompts, guidance_scale > 1, n)
-        for embeddings in (glyph.positive, glyph.negative):
-            if embeddings is not None:
-                check_finite(embeddings, "Glyph-byT5 text encoder")
-        cache = self._write_kv_cache(images, grids, upsampled) if images is not None else None
-        if latents is None:
-            shape = (n, *latent_shape[1:])
-            latents = (np.random.default_rng(seed).standard_normal(latent_shape, dtype=np.float32)
-                       if row_seeds is None else
-                       np.concatenate([np.random.default_rng(s).standard_normal(shape, dtype=np.float32) for s in row_seeds]))
-        check_finite(np.asarray(latents), "initial latents")
-        prior_token_ids = np.repeat(np.asarray(prior_token_ids, dtype=np.int64), n, axis=0)
+        # 4. glyph embeddings of the quoted text (and of "" for the unconditional pass), per image
+        glyph = self.encode_glyphs(prompts, guidance_scale > 1, n)
+        # 5. I2I: the reference images' keys/values in the DiT's cache
+        cache = self.write_kv_cache(images, grids, upsampled) if images is not None else None
+        # 6. initial noise, one per image
+        latents = self.prepare_latents(len(prompts), n, height, width, seed, row_seeds, latents)
+        # 7. CFG denoising on the device
         start = time.perf_counter()
-        final = denoise(self.transformer, self.scheduler, latents, prior_token_ids, glyph.positive, glyph.negative,
-                        height, width,
-                        DenoiseConfig(num_inference_steps, guidance_scale, self.vae_scale_factor, progress=progress),
-                        cache, glyph.mask)
-        timings.denoise_seconds = time.perf_counter() - start
+        denoised = denoise(self.transformer, self.scheduler, latents,
+                           np.repeat(np.asarray(prior_token_ids, dtype=np.int64), n, axis=0),
+                           glyph.positive, glyph.negative, height, width,
+                           DenoiseConfig(num_inference_steps, guidance_scale, self.vae_scale_factor, progress=progress),
+                           cache, glyph.mask)
+        timings.denoise_seconds, timings.denoise_host_syncs = time.perf_counter() - start, denoised.host_syncs
+        # 8. VAE decode to pixels
         start = time.perf_counter()
-        decoded = check_finite(self.vae.decode(denormalize_latents(ms.Tensor(final), self.vae.config)), "VAE decode")
-        pixels = postprocess_images(decoded)  # clipping would hide an inf, hence the check before it
+        pixels = self.decode_latents(denoised.latents)
         timings.decode_seconds = time.perf_counter() - start
         return PipelineOutput([Image.fromarray(p) for p in to_uint8(pixels)], pixels, prior, timings)
 
-    def _write_kv_cache(self, images: list[list[Image.Image]], grids: list, upsampled: list) -> GlmImageKVCache:
+    def check_inputs(self, prompt, height, width, num_inference_steps, guidance_scale, seed, prior_token_ids,
+                     latents, num_images_per_prompt) -> list[str]:
+        """``check_request`` plus the shapes of given prior tokens and latents; returns the prompts as a list."""
+        prompts = check_request(prompt, height, width, num_inference_steps, guidance_scale, seed,
+                                num_images_per_prompt, self.limits)
+        shape = self.latent_shape(len(prompts) * num_images_per_prompt, height, width)
+        if latents is not None and tuple(np.shape(latents)) != shape:
+            raise ValueError(f"latents must have shape {shape} (one per image), got {tuple(np.shape(latents))}")
+        if prior_token_ids is not None and (np.ndim(prior_token_ids) != 2 or len(prior_token_ids) != len(prompts)):
+            raise ValueError(f"prior_token_ids must have one row per prompt ({len(prompts)}), "
+                             f"got shape {np.shape(prior_token_ids)}")
+        return prompts
+
+    def latent_shape(self, images: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """(images, C, H/8, W/8): the DiT's latent shape for ``images`` images of ``height x width`` pixels."""
+        return (images, self.transformer.config.in_channels, height // self.vae_scale_factor,
+                width // self.vae_scale_factor)
+
+    def encode_glyphs(self, prompts: list[str], guided: bool, num_images_per_prompt: int) -> PromptEmbeddings:
+        """Glyph-byT5 embeddings per image (``guided``: also those of "" for the unconditional pass), checked finite."""
+        glyph = self.glyph.encode_prompt(prompts, guided, num_images_per_prompt)
+        for embeddings in (glyph.positive, glyph.negative):
+            if embeddings is not None:
+                check_finite(embeddings, "Glyph-byT5 text encoder")
+        return glyph
+
+    def prepare_latents(self, prompts: int, num_images_per_prompt: int, height: int, width: int,
+                        seed: int | Sequence[int], row_seeds: Sequence[int] | None,
+                        latents: np.ndarray | None = None) -> np.ndarray:
+        """Initial noise (images, C, H/8, W/8) float32: from ``seed`` for the whole batch, or each prompt's
+        images from its own row seed (so they do not depend on the batch); given ``latents`` are checked finite."""
+        shape = self.latent_shape(prompts * num_images_per_prompt, height, width)
+        if latents is None:
+            latents = (np.random.default_rng(seed).standard_normal(shape, dtype=np.float32) if row_seeds is None else
+                       np.concatenate([np.random.default_rng(s).standard_normal((num_images_per_prompt, *shape[1:]),
+                                                                              dtype=np.float32) for s in row_seeds]))
+        return check_finite(np.asarray(latents), "initial latents")
+
+    def decode_latents(self, latents: np.ndarray) -> np.ndarray:
+        """Final latents -> (B, H, W, 3) float32 pixels in [0, 1], checked finite before the clipping that
+        would hide an inf."""
+        decoded = check_finite(self.vae.decode(denormalize_latents(ms.Tensor(latents), self.vae.config)), "VAE decode")
+        return postprocess_images(decoded)
+
+    def write_kv_cache(self, images: list[list[Image.Image]], grids: list, upsampled: list) -> GlmImageKVCache:
+        """Every reference image VAE-encoded at the size its AR grid implies and run through the DiT's write pass."""
         cache = GlmImageKVCache(self.transformer)
         multiple = self.vae_scale_factor * self.transformer.config.patch_size
         for row, grid_row, ids_row in zip(images, grids, upsampled):

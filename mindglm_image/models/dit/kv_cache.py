@@ -9,6 +9,8 @@ so every compiled graph stays static:
   ``cache.next_sample()`` moves on to the next batch sample.
 * read: ``model(*inputs, *cache.read_inputs(batch))``: each block attends over [cached, own] keys/values.
 * skip: ``model(*inputs)`` (the unconditional pass ignores the cache).
+* batched CFG: ``model(*inputs, *cache.read_inputs_guided(batch))`` over [cond | uncond] rows: the conditional
+  rows read the cache, the unconditional rows get it masked off (``cache_bias``), as if skipped.
 
 Cached tensors stay MindSpore tensors (device memory on Ascend); ``read_inputs`` builds the batched
 (L, B, Lc, heads, head_dim) pair once per batch size and reuses it for every denoising step.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 from mindspore import Tensor, mint, nn
 
+from ...ops.attention import MASKED
 from .transformer import GlmImageTransformer2DModel, transformer_inputs
 
 
@@ -100,3 +103,14 @@ class GlmImageKVCache:
                 mint.cat([t.broadcast_to((t.shape[0], repeat) + tuple(t.shape[2:])) for t in cached], 1)
                 for cached in (self.keys, self.values))
         return self._batched[batch_size]
+
+    def read_inputs_guided(self, batch_size: int) -> tuple[Tensor, Tensor, Tensor]:
+        """(cache_key, cache_value, cache_bias) for one CFG call over ``2 * batch_size`` rows: rows
+        [0, batch_size) (conditional) read the cache as ``read_inputs(batch_size)`` serves it, rows
+        [batch_size, 2 * batch_size) (unconditional) get the same keys with a ``MASKED`` bias, so they attend
+        only their own keys: exactly zero weight on the cache, as a call without it. The doubled tensors are
+        built per call (the loop's duration), not kept."""
+        key, value = self.read_inputs(batch_size)
+        bias = np.zeros((2 * batch_size, key.shape[2]), np.float32)
+        bias[batch_size:] = MASKED
+        return mint.cat((key, key), 1), mint.cat((value, value), 1), Tensor(bias)

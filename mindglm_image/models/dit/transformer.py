@@ -8,6 +8,7 @@ attention as extra context; ``forward_with_kv`` also returns each block's own ke
 reference pass can produce them (see ``kv_cache.py``). A batch of prompts with glyph texts of different
 lengths is left-padded; ``text_bias`` (0 on real tokens, a large negative on padding) keeps the padding
 out of every softmax, so an image does not depend on its batch-mates (the reference attends to it).
+``cache_bias`` does the same for the cached keys: a batched CFG call masks them off in its unconditional rows.
 
 Shape-dependent inputs (rotary tables) are computed on the host by ``transformer_inputs``, so the
 compiled graph is static per (batch, text length, latent size, cache length).
@@ -155,9 +156,10 @@ class GlmImageAttention(nn.Cell):
         return mint.cat((x[:, :n_text], self.rotary(x[:, n_text:], cos, sin)), 1)
 
     def construct(self, hidden_states, encoder_hidden_states, rope_cos, rope_sin, cache_key, cache_value,
-                  text_bias=None):
+                  text_bias=None, cache_bias=None):
         """Returns (image out, text out or None, keys, values); keys/values (B, S, H, d) exclude the cache.
-        ``text_bias`` (B, T) float32 is added to the scores of the text keys (None: no padding)."""
+        ``text_bias`` (B, T) / ``cache_bias`` (B, Lc) float32 are added to the scores of the text / cached keys
+        (None: all attended)."""
         b, n_image = hidden_states.shape[0], hidden_states.shape[1]
         n_text = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
         # 1. projections of the joint [text | image] sequence, qk layer-norm, rotary on image tokens
@@ -175,8 +177,12 @@ class GlmImageAttention(nn.Cell):
         bias = None
         if text_bias is not None:
             bias = mint.cat((text_bias, mint.zeros((b, n_image), dtype=ms.float32)), 1)
-            if cache_key is not None:  # cat, not list.insert: that falls back to Python in graph mode
-                bias = mint.cat((mint.zeros((b, cache_key.shape[1]), dtype=ms.float32), bias), 1)
+        if cache_bias is not None:
+            own = mint.zeros((b, key.shape[1]), dtype=ms.float32) if bias is None else bias
+            bias = mint.cat((cache_bias, own), 1)
+        elif bias is not None and cache_key is not None:  # cat, not list.insert: that falls back to Python in graph mode
+            bias = mint.cat((mint.zeros((b, cache_key.shape[1]), dtype=ms.float32), bias), 1)
+        if bias is not None:
             bias = bias.reshape(b, 1, 1, -1)
         # 3. attention (BNSD), output projection, split back into the two streams
         out = self.attention(query.permute(0, 2, 1, 3), all_keys.permute(0, 2, 1, 3), all_values.permute(0, 2, 1, 3),
@@ -224,7 +230,7 @@ class GlmImageTransformerBlock(nn.Cell):
         return x + self.ff(self.ada_layer_norm(x, shift_mlp, scale_mlp, _NORM_EPS)) * gate_mlp.unsqueeze(1)
 
     def construct(self, hidden_states, encoder_hidden_states, temb, rope_cos, rope_sin, cache_key, cache_value,
-                  text_bias=None):
+                  text_bias=None, cache_bias=None):
         # 1. modulations of both streams
         image_mod, text_mod = self.norm1(temb)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = image_mod
@@ -237,7 +243,8 @@ class GlmImageTransformerBlock(nn.Cell):
                                                              _NORM_EPS)
         # 3. joint attention, gated residual
         attn_hidden_states, attn_encoder_hidden_states, key, value = self.attn1(
-            norm_hidden_states, norm_encoder_hidden_states, rope_cos, rope_sin, cache_key, cache_value, text_bias)
+            norm_hidden_states, norm_encoder_hidden_states, rope_cos, rope_sin, cache_key, cache_value, text_bias,
+            cache_bias)
         hidden_states = hidden_states + attn_hidden_states * gate_msa.unsqueeze(1)
         # 4. modulated feed-forward, gated residual
         hidden_states = self._feed_forward(hidden_states, shift_mlp, scale_mlp, gate_mlp)
@@ -289,10 +296,13 @@ class GlmImageTransformer2DModel(nn.Cell):
         self.proj_out = Linear(inner, config.patch_size ** 2 * config.out_channels, dtype=dtype)
 
     def construct(self, hidden_states, encoder_hidden_states, prior_token_id, prior_token_drop, timestep,
-                  target_size, crop_coords, rope_cos, rope_sin, text_bias=None, cache_key=None, cache_value=None):
-        """Velocity (B, out_channels, H, W). ``cache_key``/``cache_value`` (L, B, Lc, heads, head_dim): read mode."""
+                  target_size, crop_coords, rope_cos, rope_sin, text_bias=None, cache_key=None, cache_value=None,
+                  cache_bias=None):
+        """Velocity (B, out_channels, H, W). ``cache_key``/``cache_value`` (L, B, Lc, heads, head_dim): read mode;
+        ``cache_bias`` (B, Lc): MASKED on the cached keys of rows that must not read them (batched CFG)."""
         return self._forward(hidden_states, encoder_hidden_states, prior_token_id, prior_token_drop, timestep,
-                             target_size, crop_coords, rope_cos, rope_sin, cache_key, cache_value, text_bias, False)
+                             target_size, crop_coords, rope_cos, rope_sin, cache_key, cache_value, text_bias, False,
+                             cache_bias)
 
     def forward_with_kv(self, hidden_states, encoder_hidden_states, prior_token_id, prior_token_drop, timestep,
                         target_size, crop_coords, rope_cos, rope_sin, cache_key, cache_value, text_bias=None):
@@ -301,7 +311,8 @@ class GlmImageTransformer2DModel(nn.Cell):
                              target_size, crop_coords, rope_cos, rope_sin, cache_key, cache_value, text_bias, True)
 
     def _forward(self, hidden_states, encoder_hidden_states, prior_token_id, prior_token_drop, timestep,
-                 target_size, crop_coords, rope_cos, rope_sin, cache_key, cache_value, text_bias, with_kv: bool):
+                 target_size, crop_coords, rope_cos, rope_sin, cache_key, cache_value, text_bias, with_kv: bool,
+                 cache_bias=None):
         # ``with_kv`` is a compile-time constant: the velocity-only graph never collects keys/values. (Collecting
         # and then discarding them left list appends, side effects in graph mode, that MindSpore removed with a
         # "Some side effect nodes were eliminated by mistake" warning on every compile.)
@@ -322,7 +333,7 @@ class GlmImageTransformer2DModel(nn.Cell):
                 x, text, key, value = block(x, text, temb, rope_cos, rope_sin, None, None, text_bias)
             else:
                 x, text, key, value = block(x, text, temb, rope_cos, rope_sin, cache_key[i], cache_value[i],
-                                            text_bias)
+                                            text_bias, cache_bias)
             if with_kv:
                 keys.append(key)
                 values.append(value)
