@@ -60,4 +60,4 @@ if __name__ == "__main__":  # python tests/training_data.py CONFIG.json DATA.npz
 
     cfg = TrainConfig.from_json_file(sys.argv[1])
     summary = train_dit(cfg, ArrayDataset.load(Path(sys.argv[2])), progress=False)
-    print(json.dumps({"done": summary["steps"]}), flush=True)
+    print(json.dumps({"done": summary["steps"], "state_elements": summary["optimizer_state_elements"]}), flush=True)

@@ -77,10 +77,11 @@ def run_job(cfg: TrainConfig, cell: nn.Cell, component: str, loss_cell: nn.Cell,
             dataset: TrainingDataset, make_batch: BatchMaker, rank: int, world: int, progress: bool) -> dict:
     """Train ``params`` of ``cell`` (the model ``component``) through ``loss_cell``, then (rank 0) export the
     result into ``cfg.out_dir``; returns the trainer's summary with ``export`` set to the written folder."""
-    step = TrainStep(loss_cell, params, cfg.optimizer, cfg.grad_accum_steps, world)
+    step = TrainStep(loss_cell, params, cfg.optimizer, cfg.grad_accum_steps, world, rank)
     fingerprint = {**model_fingerprint(step, {component: cell.config.to_dict(), "lora": cfg.lora}),
                    "component": component}  # what a standalone export (training/export.py) rebuilds
     summary = Trainer(cfg, step, dataset, make_batch, fingerprint, rank, world, progress).run()
+    summary["optimizer_state_elements"] = step.optimizer.state_elements()  # this rank's (1/world with shard_state)
     summary["export"] = None
     if rank == 0:
         if cfg.export:

@@ -17,6 +17,7 @@ class OptimizerConfig(HFConfig):
     weight_decay: float = 0.0                       # decoupled: w -= lr * weight_decay * w before the Adam step
     ema_decay: float = 0.999                        # ema = decay * ema + (1 - decay) * w after every step; 0 = no EMA
     max_grad_norm: float = 1.0                      # clip the global L2 norm of all gradients to this; 0 = no clipping
+    shard_state: bool = False                       # ZeRO-1: N workers keep 1/N of master/moments/EMA each; 1: no-op
 
     def validate(self) -> None:
         if self.lr <= 0 or self.eps <= 0:

@@ -3,8 +3,11 @@
 ``TrainStep`` itself is the micro-step graph (forward, backward, add the gradients to fp32 sums); its
 ``update`` cell is the optimizer-step graph (average the sums over micro-batches and, under data
 parallelism, over workers with MindSpore's ``DistributedGradReducer``, then clip, AdamW, EMA, and
-zero the sums). Loss cells only need ``construct(*batch_tensors) -> scalar fp32 loss``; which
-parameters train (all of a model, or LoRA factors only) is the caller's choice.
+zero the sums). With ``optimizer_cfg.shard_state`` and several workers the optimizer state is sharded
+(ZeRO stage 1, ``optim.StateShard``): each rank reduces the gradients to the mean of its own pieces,
+updates those, and the optimizer all-gathers the full parameters. Loss cells only need
+``construct(*batch_tensors) -> scalar fp32 loss``; which parameters train (all of a model, or LoRA factors
+only) is the caller's choice.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import numpy as np
 from mindspore import Parameter, ParameterTuple, Tensor, mint, nn, ops
 
 from .config import OptimizerConfig
-from .optim import AdamW, step_scalars
+from .optim import AdamW, StateShard, step_scalars
 
 
 class _ApplyUpdate(nn.Cell):
@@ -26,12 +29,37 @@ class _ApplyUpdate(nn.Cell):
         self.grad_sums = grad_sums
         self.optimizer = optimizer
         self.inv_steps = 1.0 / grad_accum_steps
-        self.reducer = nn.DistributedGradReducer(grad_sums, mean=True, degree=world_size) if world_size > 1 else None
+        shard = optimizer.shard
+        self.sharded = shard is not None
+        self.reducer = None
+        if self.sharded:  # the mean over workers of this rank's pieces only (see construct)
+            self.inv_world = 1.0 / world_size
+            self.piece_sizes = tuple(shard.size(g.shape) for g in grad_sums)
+            self.pads = tuple(n * world_size - int(np.prod(g.shape)) for n, g in zip(self.piece_sizes, grad_sums))
+            self.starts = tuple(n * shard.rank for n in self.piece_sizes)
+            self.scatter = ms.get_context("device_target") == "Ascend"
+            self.reduce_scatter, self.all_reduce = ops.ReduceScatter(ops.ReduceOp.SUM), ops.AllReduce()
+        elif world_size > 1:
+            self.reducer = nn.DistributedGradReducer(grad_sums, mean=True, degree=world_size)
 
     def construct(self, lr, step_size, bias2_sqrt):
         grads = tuple(g * self.inv_steps for g in self.grad_sums)
         if self.reducer is not None:
             grads = self.reducer(grads)
+        if self.sharded:
+            pieces = []
+            for i, g in enumerate(grads):
+                flat = g.reshape(-1)
+                if self.pads[i]:
+                    flat = mint.cat((flat, mint.zeros(self.pads[i], dtype=flat.dtype)))
+                if self.scatter:
+                    piece = self.reduce_scatter(flat)
+                else:
+                    # the CPU backend has no ReduceScatter kernel (MindSpore 2.10: "Unsupported op [ReduceScatter]
+                    # on CPU"): all-reduce the whole gradient and keep this rank's piece of the sum, the same values
+                    piece = self.all_reduce(flat)[self.starts[i]:self.starts[i] + self.piece_sizes[i]]
+                pieces.append(piece * self.inv_world)
+            grads = tuple(pieces)
         norm = self.optimizer(grads, lr, step_size, bias2_sqrt)
         for g in self.grad_sums:
             ops.assign(g, mint.zeros_like(g))
@@ -39,10 +67,11 @@ class _ApplyUpdate(nn.Cell):
 
 
 class TrainStep(nn.Cell):
-    """Train ``trainable_params`` of ``loss_cell``; call ``step(micro_batches, step, lr)`` once per optimizer step."""
+    """Train ``trainable_params`` of ``loss_cell``; call ``step(micro_batches, step, lr)`` once per optimizer step.
+    ``rank`` of ``world_size`` data-parallel workers (the rank only matters with ``optimizer_cfg.shard_state``)."""
 
     def __init__(self, loss_cell: nn.Cell, trainable_params: Sequence[Parameter], optimizer_cfg: OptimizerConfig,
-                 grad_accum_steps: int = 1, world_size: int = 1):
+                 grad_accum_steps: int = 1, world_size: int = 1, rank: int = 0):
         super().__init__(auto_prefix=False)
         if not trainable_params:
             raise ValueError("TrainStep got no trainable parameters: nothing would be trained")
@@ -54,7 +83,9 @@ class TrainStep(nn.Cell):
         self.value_and_grad = ops.value_and_grad(loss_cell, None, self.params)
         self.optimizer_cfg = optimizer_cfg
         self.grad_accum_steps = grad_accum_steps
-        self.optimizer = AdamW(list(trainable_params), optimizer_cfg)
+        # one worker has nothing to shard over: shard_state is then the plain (whole-state) optimizer
+        shard = StateShard(rank, world_size) if optimizer_cfg.shard_state and world_size > 1 else None
+        self.optimizer = AdamW(list(trainable_params), optimizer_cfg, shard)
         self.update = _ApplyUpdate(self.grad_sums, self.optimizer, grad_accum_steps, world_size)
 
     def construct(self, *batch):
