@@ -50,6 +50,7 @@ def check_lora(cfg: TrainConfig, component: str) -> LoraConfig | None:
 def job_runtime(cfg: TrainConfig) -> tuple[int, int, ms.Type]:
     """(rank, world size, compute dtype); under msrun the data-parallel context is set here."""
     device = setup_runtime(cfg.device)
+    ms.set_seed(cfg.seed)  # initialisers (LoRA's A) draw the same values on every worker, and in every run
     rank, world = distributed_rank()
     if world > 1:  # data parallel: each worker reads its own shard; TrainStep all-reduces the gradients
         ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
