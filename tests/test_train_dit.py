@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from mindglm_image.training.config import OptimizerConfig, TrainConfig
 from mindglm_image.training.metrics import crc32c, encode_event, tfrecord
 from mindglm_image.training.train_step import TrainStep
 from mindglm_image.weights.safetensors_io import CheckpointError, SafetensorsFile
-from training_data import ArrayDataset, random_samples
+from training_data import ArrayDataset, random_samples, run_msrun
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -153,21 +152,11 @@ def test_resume_after_sigkill_is_bit_exact(tiny, dit_config, tmp_path):
 def _msrun(cfg_path: Path, data: Path, logs: Path) -> list[dict]:
     """Run the train-dit job on two msrun CPU workers; returns the per-rank ``{"done", "state_elements"}`` lines
     (rank 0's summary line is checked too)."""
-    msrun = shutil.which("msrun", path=str(Path(sys.executable).parent))
-    assert msrun, "msrun (installed with mindspore) not found beside the Python interpreter"
-    with socket.socket() as probe:  # a free loopback port for msrun's scheduler
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
-    proc = subprocess.run([msrun, "--worker_num=2", "--local_worker_num=2", f"--master_port={port}",
-                           f"--log_dir={logs}", "--join=True", str(ROOT / "tests" / "training_data.py"),
-                           str(cfg_path), str(data)], env=env, capture_output=True, text=True, timeout=600)
-    text = {p.name: p.read_text() for p in sorted(logs.glob("worker_*.log"))}
-    assert proc.returncode == 0, "".join(text.values())[-4000:]
-    summaries = [json.loads(line) for t in text.values() for line in t.splitlines() if line.startswith('{"steps"')]
+    lines = [line for text in run_msrun([str(ROOT / "tests" / "training_data.py"), str(cfg_path), str(data)], logs)
+             for line in text.splitlines()]
+    summaries = [json.loads(line) for line in lines if line.startswith('{"steps"')]
     assert [(s["rank"], s["world_size"]) for s in summaries] == [(0, 2)]  # rank 0 prints it
-    return [json.loads(line) for t in text.values() for line in t.splitlines() if line.startswith('{"done"')]
+    return [json.loads(line) for line in lines if line.startswith('{"done"')]
 
 
 def _max_rel(a: SafetensorsFile, b: SafetensorsFile, group: str) -> float:
