@@ -1,10 +1,11 @@
 """msrun worker of tests/test_shard_state.py: the same toy training on every rank with the optimizer state
-whole (``DistributedGradReducer``) and sharded (``shard_state``), side by side in one process.
+whole (``DistributedGradReducer``), sharded (``shard_state``) and sharded with the gradient sums
+(``shard_grads``), side by side in one process.
 
     msrun --worker_num=2 ... tests/shard_state_worker.py OUT_DIR
 
-Prints one JSON line per rank: its state sizes, the largest difference of every state group between the two
-runs, and whether a sharded run resumed from a checkpoint continues bit-exactly.
+Prints one JSON line per rank: its state sizes, the largest difference of every state group between the whole
+and each sharded run, and whether a sharded run resumed from a checkpoint continues bit-exactly.
 """
 from __future__ import annotations
 
@@ -50,9 +51,9 @@ def batches(rank: int, step: int) -> list[tuple]:
     return out
 
 
-def make_step(shard: bool, rank: int, world: int) -> TrainStep:
+def make_step(rank: int, world: int, **shard: bool) -> TrainStep:
     cell = ToyLoss()
-    return TrainStep(cell, list(cell.get_parameters()), OptimizerConfig.from_dict({**CFG, "shard_state": shard}),
+    return TrainStep(cell, list(cell.get_parameters()), OptimizerConfig.from_dict({**CFG, **shard}),
                      grad_accum_steps=2, world_size=world, rank=rank)
 
 
@@ -73,16 +74,18 @@ def full_state(step: TrainStep) -> dict[str, np.ndarray]:
 
 def main(out_dir: str) -> None:
     rank, world, _ = job_runtime(TrainConfig(model="toy", data="toy", device="CPU"))
-    whole, sharded = make_step(False, rank, world), make_step(True, rank, world)
-    train(whole, rank, range(1, 4))
-    train(sharded, rank, range(1, 4))
-    a, b = full_state(whole), full_state(sharded)
-    diff = {k: float(np.abs(a[k] - b[k]).max()) for k in a}
+    whole, sharded = make_step(rank, world), make_step(rank, world, shard_state=True)
+    zero2 = make_step(rank, world, shard_state=True, shard_grads=True)
+    for step in (whole, sharded, zero2):
+        train(step, rank, range(1, 4))
+    a = full_state(whole)
+    diff = {name: {k: float(np.abs(a[k] - b[k]).max()) for k in a}
+            for name, b in (("shard_state", full_state(sharded)), ("shard_grads", full_state(zero2)))}
     # checkpoint the sharded run at step 3 (full layout, rank 0 writes), resume a fresh sharded run from it,
     # and take both one step further
     save_checkpoint(out_dir, sharded, {"step": 3, "fingerprint": {}}, keep_last=1, write=rank == 0)
     ops.AllReduce()(Tensor([1.0]))  # a barrier (CPU has no Barrier kernel): the file is complete before any read
-    resumed = make_step(True, rank, world)
+    resumed = make_step(rank, world, shard_state=True)
     folder = f"{out_dir}/checkpoints/step-00000003"
     load_checkpoint(folder, resumed, {})
     train(sharded, rank, range(4, 5))
@@ -91,6 +94,7 @@ def main(out_dir: str) -> None:
     print(json.dumps({"rank": rank, "world": world, "state_elements": [whole.optimizer.state_elements(),
                       sharded.optimizer.state_elements()],
                       "piece_shapes": {p.name: list(t.shape) for p, t in zip(sharded.params, sharded.optimizer.exp_avg)},
+                      "grad_sum_shapes": [[list(t.shape) for t in s.grad_sums] for s in (sharded, zero2)],
                       "max_diff": diff, "resumed_equal": all(np.array_equal(c[k], d[k]) for k in c)}), flush=True)
 
 
