@@ -1,7 +1,8 @@
 """Device-memory plan of the real GLM-Image model from its configs: weights per component (parameter
 counts of the cells built at real size under ``no_init_parameters``, no weight memory) and the largest
 activations of each stage, for one image of the given size; then the per-device plan of full fine-tuning
-of the DiT and the AR model on ``--world`` data-parallel devices with the optimizer state sharded (ZeRO-1).
+of the DiT and the AR model on ``--world`` data-parallel devices, whole or sharded (ZeRO-1 ``shard_state``,
+ZeRO-2 ``shard_grads``).
 
     .venv/bin/python scripts/memory_plan.py --height 1024 --width 1024 [--dtype-bytes 2] [--world 8]
 
@@ -142,7 +143,7 @@ def main() -> None:
     totals = {"total, no sharding": ("fp32 gradient sums (TrainStep.grad_sums)", "optimizer state unsharded"),
               "total, shard_state: true (ZeRO-1)": ("fp32 gradient sums (TrainStep.grad_sums)",
                                                     f"optimizer state sharded / {w}"),
-              "total, gradient sums sharded too (ZeRO-2)": (f"fp32 gradient sums sharded / {w}",
+              "total, + shard_grads: true (ZeRO-2)": (f"fp32 gradient sums sharded / {w}",
                                                             f"optimizer state sharded / {w}")}
     for label, (grads, state) in totals.items():
         print(f"{label:42s}" + "".join(

@@ -169,13 +169,13 @@ def _max_rel(a: SafetensorsFile, b: SafetensorsFile, group: str) -> float:
 def test_msrun_two_cpu_workers_equal_one_worker(tiny, dit_config, tmp_path):
     """Data parallel through mindspore.communication: two msrun workers with batch 1 each (gradients all-reduced
     by TrainStep's DistributedGradReducer) reach the weights of one worker with batch 2 on the same samples;
-    with ``shard_state`` (ZeRO-1) each worker holds half the optimizer state, reaches the weights, moments and
-    EMA of the unsharded two workers, and resumes bit-exactly from its full-layout checkpoint."""
+    with ``shard_state`` and ``shard_grads`` (ZeRO-2) each worker holds half the optimizer state, reaches the
+    weights, moments and EMA of the unsharded two workers, and resumes bit-exactly from its full-layout checkpoint."""
     data = tmp_path / "data.npz"
     ArrayDataset(random_samples(dit_config, [(64, 64)] * 4, seed=2)).save(data)
     paths = {}
-    for name, batch, extra in (("one", 2, {}), ("two", 1, {}),
-                               ("zero", 1, {"checkpoint_every": 3, "optimizer": {"shard_state": True}})):
+    sharded = {"checkpoint_every": 3, "optimizer": {"shard_state": True, "shard_grads": True}}
+    for name, batch, extra in (("one", 2, {}), ("two", 1, {}), ("zero", 1, sharded)):
         paths[name] = tmp_path / f"{name}.json"
         _cfg(tiny, tmp_path / name, batch_size=batch, schedule={"total_steps": 5, "warmup_steps": 1},
              dit_loss={"prior_drop_prob": 0.5, "glyph_drop_prob": 0.0}, **extra).to_json_file(paths[name])
@@ -197,7 +197,7 @@ def test_msrun_two_cpu_workers_equal_one_worker(tiny, dit_config, tmp_path):
     # the update of all weights agrees in L2 to 0.1% (only summation order differs; an element whose gradient is
     # near zero can still flip Adam's sign(g)-like first step, so no per-element bound); without the all-reduce,
     # rank 0 would have followed its own sample's gradient and the update would differ at order 1
-    for label, other in (("two workers", two), ("two workers, sharded state", zero)):
+    for label, other in (("two workers", two), ("two workers, sharded state and gradients", zero)):
         diff = sum(float(np.sum((one.get(f"weight/{n}").array() - other.get(f"weight/{n}").array()) ** 2))
                    for n in start)
         update = sum(float(np.sum((one.get(f"weight/{n}").array() - w) ** 2)) for n, w in start.items())
