@@ -78,3 +78,5 @@ def test_state_shard_pieces_cover_every_element_once():
     step = TrainStep(cell, [cell.w, cell.b], OptimizerConfig(ema_decay=0.5, shard_state=True), world_size=1)
     assert step.optimizer.shard is None and step.optimizer.masters[0] is cell.w  # shard_state on 1 worker: no-op
     assert step.optimizer.state_elements() == 3 * 21 + 4 * 7  # moments + EMA; the fp16 bias also has a master
+    with pytest.raises(ConfigError, match="set optimizer.shard_state=true with it"):
+        OptimizerConfig.from_dict({"shard_grads": True})
