@@ -1,8 +1,10 @@
 """Device-memory plan of the real GLM-Image model from its configs: weights per component (parameter
 counts of the cells built at real size under ``no_init_parameters``, no weight memory) and the largest
-activations of each stage, for one image of the given size.
+activations of each stage, for one image of the given size; then the per-device plan of full fine-tuning
+of the DiT and the AR model on ``--world`` data-parallel devices, whole or sharded (ZeRO-1 ``shard_state``,
+ZeRO-2 ``shard_grads``).
 
-    .venv/bin/python scripts/memory_plan.py --height 1024 --width 1024 [--dtype-bytes 2] [--device-gb 64]
+    .venv/bin/python scripts/memory_plan.py --height 1024 --width 1024 [--dtype-bytes 2] [--world 8]
 
 Stages and what must be resident: AR prior (AR model + its static KV cache), glyph text (T5), I2I
 reference encode (VAE encoder), denoising (DiT; two CFG calls of batch 1 each step), VAE decode.
@@ -30,18 +32,23 @@ def real_configs(configs: Path) -> dict:
     return {name: spec.config_class().from_json_file(_config_file(configs / name)) for name, spec in COMPONENTS.items()}
 
 
-def real_parameter_counts(configs: Path) -> dict[str, int]:
-    """Parameters per component, from cells built at real size without allocating their weights."""
+def real_parameter_counts(configs: Path) -> tuple[dict[str, int], dict[str, list[int]]]:
+    """Parameters per component, and the sizes of the tensors a full fine-tune trains (all of the DiT; the AR
+    model's text decoder and head), from cells built at real size without allocating their weights."""
     import numpy as np
 
+    from mindglm_image.training.ar_loss import ar_trainable_parameters
     from mindglm_image.weights.components import COMPONENTS, build_cell
 
-    counts = {}
+    counts, trained = {}, {}
     for name, config in real_configs(configs).items():
         cell = build_cell(COMPONENTS[name], config)
         counts[name] = int(sum(int(np.prod(p.shape)) for p in cell.get_parameters()))
+        if name in ("transformer", "vision_language_encoder"):
+            params = cell.get_parameters() if name == "transformer" else ar_trainable_parameters(cell)
+            trained[name] = [int(np.prod(p.shape)) for p in params]
         del cell
-    return counts
+    return counts, trained
 
 
 def activation_estimates(configs: dict, height: int, width: int, dtype_bytes: int, glyph_tokens: int) -> dict:
@@ -64,6 +71,39 @@ def activation_estimates(configs: dict, height: int, width: int, dtype_bytes: in
             "vae": (decode, "decoder feature maps (fp32)"), "text_encoder": (0, "negligible")}
 
 
+def training_plan(configs: dict, counts: dict[str, int], trained: dict[str, list[int]], height: int, width: int,
+                  world: int, glyph_tokens: int) -> dict[str, dict[str, float]]:
+    """Bytes per device of a full fine-tune (bf16 compute, ``recompute: true``, batch 1 per device) of the DiT
+    and of the AR model, with ``shard_state`` over ``world`` devices (what ``TrainStep`` allocates)."""
+    from mindglm_image.processor.prompt import TargetGrid
+
+    ar, dit, vae = configs["vision_language_encoder"].text_config, configs["transformer"], configs["vae"]
+    grid = TargetGrid.for_size(height, width)
+    factor = 2 ** (len(vae.block_out_channels) - 1)
+    dit_tokens = glyph_tokens + (height // factor // dit.patch_size) * (width // factor // dit.patch_size)
+    ar_tokens = 512 + grid.height * grid.width + grid.preview_height * grid.preview_width
+    dit_hidden = dit.num_attention_heads * dit.attention_head_dim
+    shapes = {  # name: (component, tokens, hidden, feed-forward width, blocks, fp32 logits per token)
+        "DiT": ("transformer", dit_tokens, dit_hidden, 4 * dit_hidden, dit.num_layers, 0),
+        "AR": ("vision_language_encoder", ar_tokens, ar.hidden_size, ar.intermediate_size, ar.num_hidden_layers,
+               ar.vocab_size)}
+    plan = {}
+    for model, (component, tokens, hidden, ffn, blocks, vocab) in shapes.items():
+        n = sum(trained[component])
+        piece = sum(-(-size // world) for size in trained[component])  # each tensor flattened, padded, split
+        state = 4 + 4 + 4 + (4 if model == "DiT" else 0)  # fp32 master, both moments, EMA (the AR keeps it off)
+        # recompute: each block's bf16 input is kept; one block's working set (q, k, v, attention output, the
+        # feed-forward's hidden and activated halves; Ascend's fused attention keeps no score matrix) is alive
+        # twice in its backward; the AR adds fp32 logits and their gradient
+        acts = tokens * hidden * 2 * blocks + 2 * tokens * (4 * hidden + 2 * ffn) * 2 + 2 * tokens * vocab * 4
+        plan[model] = {"trained parameters": n, "bf16 weights (whole component)": 2 * counts[component],
+                       "fp32 gradient sums (TrainStep.grad_sums)": 4 * n,
+                       f"fp32 gradient sums sharded / {world}": 4 * piece,
+                       "optimizer state unsharded": state * n, f"optimizer state sharded / {world}": state * piece,
+                       "activations (recompute, batch 1)": acts}
+    return plan
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", type=Path, default=ROOT / "configs" / "glm_image")
@@ -71,10 +111,11 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--dtype-bytes", type=int, default=2, help="2: bf16 weights (the checkpoint's dtype)")
     parser.add_argument("--glyph-tokens", type=int, default=256, help="quoted-text bytes of a long prompt")
+    parser.add_argument("--world", type=int, default=8, help="data-parallel devices of the fine-tuning plan")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
 
-    counts = real_parameter_counts(args.configs)
+    counts, trained = real_parameter_counts(args.configs)
     acts = activation_estimates(real_configs(args.configs), args.height, args.width, args.dtype_bytes,
                                 args.glyph_tokens)
     weights = {n: c * args.dtype_bytes for n, c in counts.items()}
@@ -90,6 +131,26 @@ def main() -> None:
     print("one stage resident at a time (load/unload per stage): peak "
           f"{max(sequential.values()) / GB:.1f} GiB (" + ", ".join(f"{s} {b / GB:.1f}" for s, b in sequential.items()) + ")")
 
+    plan = training_plan(real_configs(args.configs), counts, trained, args.height, args.width, args.world,
+                         args.glyph_tokens)
+    print(f"\nfull fine-tune per device on {args.world} devices (bf16, recompute, batch 1), GiB:")
+    print(f"{'':42s}" + "".join(f"{m:>16s}" for m in plan))
+    print(f"{'trained parameters':42s}" + "".join(f"{p['trained parameters']:16,d}" for p in plan.values()))
+    rows = [k for k in next(iter(plan.values())) if k != "trained parameters"]
+    for row in rows:
+        print(f"{row:42s}" + "".join(f"{p[row] / GB:16.2f}" for p in plan.values()))
+    w = args.world
+    totals = {"total, no sharding": ("fp32 gradient sums (TrainStep.grad_sums)", "optimizer state unsharded"),
+              "total, shard_state: true (ZeRO-1)": ("fp32 gradient sums (TrainStep.grad_sums)",
+                                                    f"optimizer state sharded / {w}"),
+              "total, + shard_grads: true (ZeRO-2)": (f"fp32 gradient sums sharded / {w}",
+                                                            f"optimizer state sharded / {w}")}
+    for label, (grads, state) in totals.items():
+        print(f"{label:42s}" + "".join(
+            f"{(p['bf16 weights (whole component)'] + p[grads] + p[state] + p['activations (recompute, batch 1)']) / GB:16.2f}"
+            for p in plan.values()))
+    print("(plus the bf16 gradients of one backward pass while they are added to the sums: "
+          + ", ".join(f"{m} up to {2 * p['trained parameters'] / GB:.2f}" for m, p in plan.items()) + ")")
 
 if __name__ == "__main__":
     main()

@@ -4,11 +4,12 @@ from __future__ import annotations
 import mindspore as ms
 import numpy as np
 import pytest
-from mindspore import Parameter, Tensor
+from mindspore import Parameter, Tensor, nn
 
 from mindglm_image.config.base import ConfigError
 from mindglm_image.training.config import OptimizerConfig, ScheduleConfig
-from mindglm_image.training.optim import AdamW, learning_rate, step_scalars
+from mindglm_image.training.optim import AdamW, StateShard, learning_rate, step_scalars
+from mindglm_image.training.train_step import TrainStep
 from parity_utils import assert_parity
 
 CFG = OptimizerConfig(lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, ema_decay=0.9, max_grad_norm=1.0)
@@ -61,3 +62,21 @@ def test_schedule_shape_and_config_errors():
         OptimizerConfig.from_dict({"betas": [0.9, 1.5]})
     with pytest.raises(ConfigError, match="warmup_steps=20 exceeds total_steps=10"):
         ScheduleConfig.from_dict({"warmup_steps": 20, "total_steps": 10})
+
+
+def test_state_shard_pieces_cover_every_element_once():
+    """ZeRO-1 layout: the flattened, zero-padded pieces of all ranks concatenate (what AllGather returns) back
+    to the tensor, each holding ceil(numel / world) elements whatever the shape; one worker shards nothing."""
+    full = np.arange(21, dtype=np.float32).reshape(3, 7) + 1
+    for world in (1, 2, 3, 8):
+        pieces = [StateShard(r, world).piece(full) for r in range(world)]
+        assert {p.size for p in pieces} == {-(-21 // world)}
+        np.testing.assert_array_equal(StateShard.unpiece(np.concatenate(pieces), full.shape), full)
+        assert np.count_nonzero(np.concatenate(pieces)) == 21  # the padding is zeros
+    cell = nn.Cell()
+    cell.w, cell.b = Parameter(Tensor(full), name="w"), Parameter(Tensor(full[0].astype(np.float16)), name="b")
+    step = TrainStep(cell, [cell.w, cell.b], OptimizerConfig(ema_decay=0.5, shard_state=True), world_size=1)
+    assert step.optimizer.shard is None and step.optimizer.masters[0] is cell.w  # shard_state on 1 worker: no-op
+    assert step.optimizer.state_elements() == 3 * 21 + 4 * 7  # moments + EMA; the fp16 bias also has a master
+    with pytest.raises(ConfigError, match="set optimizer.shard_state=true with it"):
+        OptimizerConfig.from_dict({"shard_grads": True})

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from mindglm_image.training.config import OptimizerConfig, TrainConfig
 from mindglm_image.training.metrics import crc32c, encode_event, tfrecord
 from mindglm_image.training.train_step import TrainStep
 from mindglm_image.weights.safetensors_io import CheckpointError, SafetensorsFile
-from training_data import ArrayDataset, random_samples
+from training_data import ArrayDataset, random_samples, run_msrun
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -150,47 +149,75 @@ def test_resume_after_sigkill_is_bit_exact(tiny, dit_config, tmp_path):
     assert [line["step"] for line in lines] == list(range(1, 61))  # the repeated steps' old lines were dropped
 
 
+def _msrun(cfg_path: Path, data: Path, logs: Path) -> list[dict]:
+    """Run the train-dit job on two msrun CPU workers; returns the per-rank ``{"done", "state_elements"}`` lines
+    (rank 0's summary line is checked too)."""
+    lines = [line for text in run_msrun([str(ROOT / "tests" / "training_data.py"), str(cfg_path), str(data)], logs)
+             for line in text.splitlines()]
+    summaries = [json.loads(line) for line in lines if line.startswith('{"steps"')]
+    assert [(s["rank"], s["world_size"]) for s in summaries] == [(0, 2)]  # rank 0 prints it
+    return [json.loads(line) for line in lines if line.startswith('{"done"')]
+
+
+def _max_rel(a: SafetensorsFile, b: SafetensorsFile, group: str) -> float:
+    """Worst tensor of ``group``: max |a - b| / max |a|."""
+    return max(float(np.abs(a.get(k).array() - b.get(k).array()).max() / np.abs(a.get(k).array()).max())
+               for k in a.keys() if k.startswith(f"{group}/"))
+
+
 @pytest.mark.slow
 def test_msrun_two_cpu_workers_equal_one_worker(tiny, dit_config, tmp_path):
     """Data parallel through mindspore.communication: two msrun workers with batch 1 each (gradients all-reduced
-    by TrainStep's DistributedGradReducer) reach the weights of one worker with batch 2 on the same samples."""
-    msrun = shutil.which("msrun", path=str(Path(sys.executable).parent))
-    assert msrun, "msrun (installed with mindspore) not found beside the Python interpreter"
+    by TrainStep's DistributedGradReducer) reach the weights of one worker with batch 2 on the same samples;
+    with ``shard_state`` and ``shard_grads`` (ZeRO-2) each worker holds half the optimizer state, reaches the
+    weights, moments and EMA of the unsharded two workers, and resumes bit-exactly from its full-layout checkpoint."""
     data = tmp_path / "data.npz"
     ArrayDataset(random_samples(dit_config, [(64, 64)] * 4, seed=2)).save(data)
     paths = {}
-    for name, batch in (("one", 2), ("two", 1)):
+    sharded = {"checkpoint_every": 3, "optimizer": {"shard_state": True, "shard_grads": True}}
+    for name, batch, extra in (("one", 2, {}), ("two", 1, {}), ("zero", 1, sharded)):
         paths[name] = tmp_path / f"{name}.json"
         _cfg(tiny, tmp_path / name, batch_size=batch, schedule={"total_steps": 5, "warmup_steps": 1},
-             dit_loss={"prior_drop_prob": 0.5, "glyph_drop_prob": 0.0}).to_json_file(paths[name])
+             dit_loss={"prior_drop_prob": 0.5, "glyph_drop_prob": 0.0}, **extra).to_json_file(paths[name])
     single = _run_job(paths["one"], data)
-    assert single.wait(600) == 0, single.stdout.read()[-3000:]
-    with socket.socket() as probe:  # a free loopback port for msrun's scheduler
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
-    proc = subprocess.run([msrun, "--worker_num=2", "--local_worker_num=2", f"--master_port={port}",
-                           f"--log_dir={tmp_path / 'logs'}", "--join=True", str(ROOT / "tests" / "training_data.py"),
-                           str(paths["two"]), str(data)], env=env, capture_output=True, text=True, timeout=600)
-    logs = "".join(p.read_text() for p in sorted((tmp_path / "logs").glob("worker_*.log")))
-    assert proc.returncode == 0, logs[-4000:]
-    summaries = [json.loads(line) for line in logs.splitlines() if line.startswith('{"steps"')]  # rank 0 prints it
-    assert [(s["rank"], s["world_size"]) for s in summaries] == [(0, 2)] and logs.count('{"done": 5}') == 2
-    one, two = (SafetensorsFile(tmp_path / n / "checkpoints" / "step-00000005" / STATE_FILE) for n in ("one", "two"))
+    out = single.communicate(timeout=600)[0]
+    assert single.returncode == 0, out[-3000:]
+    two = _msrun(paths["two"], data, tmp_path / "logs-two")
+    zero = _msrun(paths["zero"], data, tmp_path / "logs-zero")
     start = load_component_weights(tiny)
-    assert sorted(one.keys()) == sorted(two.keys())
+    # state each rank holds besides the weights: unsharded fp32 params are their own master (moments + EMA, 3
+    # full copies); sharded, every rank holds master, moments and EMA of its half of each flattened tensor
+    half = sum(-(-w.size // 2) for w in start.values())
+    assert [d["done"] for d in two + zero] == [5] * 4
+    assert [d["state_elements"] for d in two] == [3 * sum(w.size for w in start.values())] * 2
+    assert [d["state_elements"] for d in zero] == [4 * half] * 2
+    one, two, zero = (SafetensorsFile(tmp_path / n / "checkpoints" / "step-00000005" / STATE_FILE)
+                      for n in ("one", "two", "zero"))
+    assert sorted(one.keys()) == sorted(two.keys()) == sorted(zero.keys())
     # the update of all weights agrees in L2 to 0.1% (only summation order differs; an element whose gradient is
     # near zero can still flip Adam's sign(g)-like first step, so no per-element bound); without the all-reduce,
     # rank 0 would have followed its own sample's gradient and the update would differ at order 1
-    diff = sum(float(np.sum((one.get(f"weight/{n}").array() - two.get(f"weight/{n}").array()) ** 2)) for n in start)
-    update = sum(float(np.sum((one.get(f"weight/{n}").array() - w) ** 2)) for n, w in start.items())
-    moments = max(float(np.abs(one.get(k).array() - two.get(k).array()).max() / np.abs(one.get(k).array()).max())
-                  for k in one.keys() if k.startswith("exp_avg/"))
-    print(f"two workers vs one: weight update differs by {np.sqrt(diff / update):.2e} (L2, relative); "
-          f"first moments by {moments:.2e} (worst tensor, relative)")
-    assert update > 0 and np.sqrt(diff / update) <= 1e-3
-    assert moments <= 1e-4
+    for label, other in (("two workers", two), ("two workers, sharded state and gradients", zero)):
+        diff = sum(float(np.sum((one.get(f"weight/{n}").array() - other.get(f"weight/{n}").array()) ** 2))
+                   for n in start)
+        update = sum(float(np.sum((one.get(f"weight/{n}").array() - w) ** 2)) for n, w in start.items())
+        moments = _max_rel(one, other, "exp_avg")
+        print(f"{label} vs one: weight update differs by {np.sqrt(diff / update):.2e} (L2, relative); "
+              f"first moments by {moments:.2e} (worst tensor, relative)")
+        assert update > 0 and np.sqrt(diff / update) <= 1e-3
+        assert moments <= 1e-4
+    # sharded vs unsharded on the same two workers: the same all-reduced gradients, only the clipping norm is
+    # summed in another order (per-rank pieces), so every element of every state tensor agrees to ~1e-7
+    worst = {g: _max_rel(two, zero, g) for g in ("weight", "exp_avg", "exp_avg_sq", "ema")}
+    print(f"sharded vs unsharded two workers (worst tensor, max abs diff / max abs): {worst}")
+    assert max(worst.values()) <= 1e-5, worst
+    # resume: without its last checkpoint the sharded job restarts from step 3 and ends byte-identical
+    final = tmp_path / "zero" / "checkpoints" / "step-00000005"
+    first = (final / STATE_FILE).read_bytes()
+    shutil.rmtree(final)
+    resumed = _msrun(paths["zero"], data, tmp_path / "logs-resume")
+    assert [d["done"] for d in resumed] == [5] * 2
+    assert (final / STATE_FILE).read_bytes() == first
 
 
 def load_component_weights(tiny: Path) -> dict[str, np.ndarray]:

@@ -50,6 +50,7 @@ def check_lora(cfg: TrainConfig, component: str) -> LoraConfig | None:
 def job_runtime(cfg: TrainConfig) -> tuple[int, int, ms.Type]:
     """(rank, world size, compute dtype); under msrun the data-parallel context is set here."""
     device = setup_runtime(cfg.device)
+    ms.set_seed(cfg.seed)  # initialisers (LoRA's A) draw the same values on every worker, and in every run
     rank, world = distributed_rank()
     if world > 1:  # data parallel: each worker reads its own shard; TrainStep all-reduces the gradients
         ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
@@ -77,10 +78,11 @@ def run_job(cfg: TrainConfig, cell: nn.Cell, component: str, loss_cell: nn.Cell,
             dataset: TrainingDataset, make_batch: BatchMaker, rank: int, world: int, progress: bool) -> dict:
     """Train ``params`` of ``cell`` (the model ``component``) through ``loss_cell``, then (rank 0) export the
     result into ``cfg.out_dir``; returns the trainer's summary with ``export`` set to the written folder."""
-    step = TrainStep(loss_cell, params, cfg.optimizer, cfg.grad_accum_steps, world)
+    step = TrainStep(loss_cell, params, cfg.optimizer, cfg.grad_accum_steps, world, rank)
     fingerprint = {**model_fingerprint(step, {component: cell.config.to_dict(), "lora": cfg.lora}),
                    "component": component}  # what a standalone export (training/export.py) rebuilds
     summary = Trainer(cfg, step, dataset, make_batch, fingerprint, rank, world, progress).run()
+    summary["optimizer_state_elements"] = step.optimizer.state_elements()  # this rank's (1/world with shard_state)
     summary["export"] = None
     if rank == 0:
         if cfg.export:

@@ -6,6 +6,11 @@ and ``trainer_state.json`` (step, data position, seed, the model fingerprint, th
 in ``.step-<N>.partial`` and renamed into place only when complete, so a kill at any moment leaves
 every finished checkpoint intact; a folder without ``trainer_state.json`` is never read. All randomness
 of a step is drawn from generators keyed by (seed, epoch, sample), so the data position is the RNG state.
+
+A sharded optimizer state (``shard_state``) is all-gathered one tensor at a time while rank 0 streams it out,
+so the file has the same full layout either way: only one full fp32 tensor is ever extra in memory, the
+export and ``load_trained_weights`` read it unchanged, and a job resumes from it sharded or not, at any
+world size (each rank keeps its piece of every tensor it reads).
 """
 from __future__ import annotations
 
@@ -46,30 +51,40 @@ def list_checkpoints(out_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(_PREFIX):]))
 
 
-def _state_tensors(train_step: TrainStep) -> list[tuple[str, Any]]:
-    """(file name, parameter) of every state tensor: ``<group>/<parameter name>``."""
+def _state_tensors(train_step: TrainStep) -> list[tuple[str, int, Any]]:
+    """(file name, parameter index, state tensor) of every state tensor: ``<group>/<parameter name>``."""
     opt = train_step.optimizer
     groups = {"weight": opt.masters, "exp_avg": opt.exp_avg, "exp_avg_sq": opt.exp_avg_sq, "ema": opt.ema}
     out = []
     for group, tensors in groups.items():
-        for param, tensor in zip(train_step.params, tensors):
-            out.append((f"{group}/{param.name}", tensor))
+        for i, (param, tensor) in enumerate(zip(train_step.params, tensors)):
+            out.append((f"{group}/{param.name}", i, tensor))
     return out
 
 
-def save_checkpoint(out_dir: str | Path, train_step: TrainStep, trainer_state: dict, keep_last: int) -> Path:
+def save_checkpoint(out_dir: str | Path, train_step: TrainStep, trainer_state: dict, keep_last: int,
+                    write: bool = True) -> Path:
     """Write the checkpoint of ``trainer_state['step']`` atomically, then delete all but the newest ``keep_last``.
 
-    An existing finished checkpoint of the same step is kept as it is (a resumed run reaching it again
-    holds the same state)."""
+    Every data-parallel worker calls this, with ``write`` true on rank 0 only: a sharded state is gathered
+    from all of them. An existing finished checkpoint of the same step is kept as it is (a resumed run
+    reaching it again holds the same state)."""
     final = checkpoint_dir(out_dir, trainer_state["step"])
-    if not (final / TRAINER_FILE).is_file():
+    opt = train_step.optimizer
+    tensors = _state_tensors(train_step)
+    values = (opt.full_value(t, i) for _, i, t in tensors)  # sharded: each is a collective of all workers
+    if not write or (final / TRAINER_FILE).is_file():
+        if opt.sharded:  # the others gather whether or not this rank writes (no file system race decides it)
+            for _ in values:
+                pass
+        if not write:
+            return final
+    else:
         work = final.with_name(f".{final.name}.partial")
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
-        tensors = _state_tensors(train_step)
-        write_safetensors_streamed(work / STATE_FILE, [(name, "F32", tuple(t.shape)) for name, t in tensors],
-                                   (t.asnumpy() for _, t in tensors))
+        shapes = [(name, "F32", tuple(train_step.params[i].shape)) for name, i, _ in tensors]
+        write_safetensors_streamed(work / STATE_FILE, shapes, values)
         write_json_atomic(work / TRAINER_FILE, trainer_state)
         shutil.rmtree(final, ignore_errors=True)  # an unfinished folder of that name (no trainer_state.json)
         os.replace(work, final)
@@ -88,16 +103,17 @@ def load_checkpoint(folder: str | Path, train_step: TrainStep, fingerprint: dict
             f"{folder} was written for another model or another set of trained parameters "
             f"(checkpoint {state.get('fingerprint')}, this job {fingerprint}); use a new out_dir for this job, "
             "or point the job at the model and LoRA settings that checkpoint was trained with")
-    tensors = dict(_state_tensors(train_step))
+    tensors = {name: t for name, _, t in _state_tensors(train_step)}
     stored = SafetensorsFile(folder / STATE_FILE)
     if sorted(stored.keys()) != sorted(tensors):
         raise CheckpointError(f"{folder / STATE_FILE} does not hold this job's optimizer state (its tensors differ); "
                               "it is corrupt or from another job: delete it to resume from an older checkpoint")
+    opt = train_step.optimizer
     for name, target in tensors.items():
-        target.set_data(Tensor(stored.get(name).array().copy(), ms.float32))
-    for param, master in zip(train_step.params, train_step.optimizer.masters):
-        if param is not master:  # a low-precision weight follows its fp32 master
-            param.set_data(Tensor(master.asnumpy(), param.dtype))
+        opt.load_value(target, stored.get(name).array())
+    for param, own in zip(train_step.params, opt.own_master):
+        if own:  # a low-precision (or sharded) master's parameter is the stored fp32 weight in its dtype
+            param.set_data(Tensor(stored.get(f"weight/{param.name}").array().copy(), param.dtype))
     return state
 
 

@@ -17,6 +17,8 @@ class OptimizerConfig(HFConfig):
     weight_decay: float = 0.0                       # decoupled: w -= lr * weight_decay * w before the Adam step
     ema_decay: float = 0.999                        # ema = decay * ema + (1 - decay) * w after every step; 0 = no EMA
     max_grad_norm: float = 1.0                      # clip the global L2 norm of all gradients to this; 0 = no clipping
+    shard_state: bool = False                       # ZeRO-1: N workers keep 1/N of master/moments/EMA each; 1: no-op
+    shard_grads: bool = False                       # ZeRO-2 (with shard_state): also 1/N of the fp32 gradient sums each
 
     def validate(self) -> None:
         if self.lr <= 0 or self.eps <= 0:
@@ -27,6 +29,9 @@ class OptimizerConfig(HFConfig):
             raise ConfigError(f"optimizer.ema_decay={self.ema_decay} must be in [0, 1) (0 turns the EMA off)")
         if self.weight_decay < 0 or self.max_grad_norm < 0:
             raise ConfigError("optimizer: weight_decay and max_grad_norm must not be negative")
+        if self.shard_grads and not self.shard_state:
+            raise ConfigError("optimizer.shard_grads shards the gradient sums over the optimizer state's pieces; "
+                              "set optimizer.shard_state=true with it")
 
 
 @dataclasses.dataclass

@@ -127,10 +127,11 @@ class Trainer:
                                samples_per_s=self.global_batch * cfg.grad_accum_steps / seconds)
                 if step % cfg.checkpoint_every == 0 or step == total:
                     checkpoint = checkpoint_dir(cfg.out_dir, step)
-                    if self.rank == 0:  # every worker holds the same state; one writes it
-                        save_checkpoint(cfg.out_dir, self.train_step,
-                                        {**state, "geometry": [self.global_batch, cfg.grad_accum_steps, cfg.seed],
-                                         "fingerprint": self.fingerprint, "config": cfg.to_dict()}, cfg.keep_last)
+                    # every worker takes part (a sharded optimizer state is gathered from all); rank 0 writes
+                    save_checkpoint(cfg.out_dir, self.train_step,
+                                    {**state, "geometry": [self.global_batch, cfg.grad_accum_steps, cfg.seed],
+                                     "fingerprint": self.fingerprint, "config": cfg.to_dict()}, cfg.keep_last,
+                                    write=self.rank == 0)
         finally:
             elapsed = time.perf_counter() - started
             done = state["step"] - start_step
