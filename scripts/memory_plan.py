@@ -4,10 +4,10 @@ activations of each stage, for one image of the given size; then the per-device 
 of the DiT and the AR model on ``--world`` data-parallel devices, whole or sharded (ZeRO-1 ``shard_state``,
 ZeRO-2 ``shard_grads``).
 
-    .venv/bin/python scripts/memory_plan.py --height 1024 --width 1024 [--dtype-bytes 2] [--world 8]
+    .venv/bin/python scripts/memory_plan.py --height 1024 --width 1024 [--dtype-bytes 2] [--world 8] [--attention fused]
 
 Stages and what must be resident: AR prior (AR model + its static KV cache), glyph text (T5), I2I
-reference encode (VAE encoder), denoising (DiT; two CFG calls of batch 1 each step), VAE decode.
+reference encode (VAE encoder), denoising (DiT; batched CFG: one call over 2 rows each step), VAE decode.
 Activations are estimates of the dominant buffers (stated per line), not measurements.
 """
 from __future__ import annotations
@@ -51,8 +51,10 @@ def real_parameter_counts(configs: Path) -> tuple[dict[str, int], dict[str, list
     return counts, trained
 
 
-def activation_estimates(configs: dict, height: int, width: int, dtype_bytes: int, glyph_tokens: int) -> dict:
-    """Dominant activation bytes per stage (name -> (bytes, what))."""
+def activation_estimates(configs: dict, height: int, width: int, dtype_bytes: int, glyph_tokens: int,
+                         fused_attention: bool = True) -> dict:
+    """Dominant activation bytes per stage (name -> (bytes, what)); ``fused_attention``: the Ascend selection of
+    the ops layer (``ops/attention.py``), else the composite attention that materialises the scores."""
     from mindglm_image.processor.prompt import TargetGrid
 
     ar, dit, vae = configs["vision_language_encoder"].text_config, configs["transformer"], configs["vae"]
@@ -61,13 +63,20 @@ def activation_estimates(configs: dict, height: int, width: int, dtype_bytes: in
     kv = 2 * ar.num_hidden_layers * ar.num_key_value_heads * ar.resolved_head_dim * ar_tokens * dtype_bytes
     factor = 2 ** (len(vae.block_out_channels) - 1)
     seq = glyph_tokens + (height // factor // dit.patch_size) * (width // factor // dit.patch_size)
-    # scores fp32 + probabilities fp32 + their compute-dtype copy, all heads at once (no fused attention)
-    attention = dit.num_attention_heads * seq * seq * (4 + 4 + dtype_bytes)
+    rows = 2  # batched CFG: one DiT call over the conditional and unconditional rows
+    hidden = dit.num_attention_heads * dit.attention_head_dim
+    if fused_attention:  # Ascend flash_attention_score keeps no score matrix: one block's q, k, v, output,
+        # residual stream and the feed-forward's hidden and activated halves (4x hidden each)
+        attention = rows * seq * (5 * hidden + 2 * 4 * hidden) * dtype_bytes
+        what = f"one DiT block, fused attention, {rows} x {seq} tokens"
+    else:  # composite attention (the CPU path): scores fp32 + probabilities fp32 + their compute-dtype copy
+        attention = rows * dit.num_attention_heads * seq * seq * (4 + 4 + dtype_bytes)
+        what = f"composite attention scores, {rows} x {seq} tokens x {dit.num_attention_heads} heads"
     # VAE decode in fp32 (force_upcast); the largest feature map (block i: its channels at 1/2^i size), ~4 alive
     decode = 4 * max(c * (height // 2**i) * (width // 2**i)
                      for i, c in enumerate(vae.block_out_channels)) * 4
     return {"vision_language_encoder": (kv, f"static KV cache, {ar_tokens} tokens"),
-            "transformer": (attention, f"one attention call over {seq} tokens x {dit.num_attention_heads} heads"),
+            "transformer": (attention, what),
             "vae": (decode, "decoder feature maps (fp32)"), "text_encoder": (0, "negligible")}
 
 
@@ -112,12 +121,14 @@ def main() -> None:
     parser.add_argument("--dtype-bytes", type=int, default=2, help="2: bf16 weights (the checkpoint's dtype)")
     parser.add_argument("--glyph-tokens", type=int, default=256, help="quoted-text bytes of a long prompt")
     parser.add_argument("--world", type=int, default=8, help="data-parallel devices of the fine-tuning plan")
+    parser.add_argument("--attention", choices=("fused", "composite"), default="fused",
+                        help="fused: Ascend flash attention (no score matrix); composite: scores materialised")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
 
     counts, trained = real_parameter_counts(args.configs)
     acts = activation_estimates(real_configs(args.configs), args.height, args.width, args.dtype_bytes,
-                                args.glyph_tokens)
+                                args.glyph_tokens, args.attention == "fused")
     weights = {n: c * args.dtype_bytes for n, c in counts.items()}
     print(f"{'component':26s} {'parameters':>15s} {'weights GiB':>10s} {'activations GiB':>14s}  (dominant buffer)")
     for name, count in counts.items():
