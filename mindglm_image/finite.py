@@ -18,9 +18,13 @@ def check_finite(values: np.ndarray | ms.Tensor, stage: str) -> np.ndarray:
         values = values.astype(ms.float32).asnumpy()  # numpy has no bf16
     finite = np.isfinite(values)
     if not finite.all():
-        bad = int(values.size - np.count_nonzero(finite))
-        raise NonFiniteError(
-            f"{stage} produced {bad} non-finite values (NaN/inf) of {values.size}; no image was written. "
-            "Check the checkpoint's weights (mindglm-image verify), the guidance scale and, on bf16 devices, "
-            "try float32")
+        raise non_finite_error(stage, int(values.size - np.count_nonzero(finite)), values.size)
     return values
+
+
+def non_finite_error(stage: str, bad: int, total: int) -> NonFiniteError:
+    """The error for ``bad`` non-finite values of ``total`` (also raised from flags counted in a graph)."""
+    return NonFiniteError(
+        f"{stage} produced {bad} non-finite values (NaN/inf) of {total}; no image was written. "
+        "Check the checkpoint's weights (mindglm-image verify), the guidance scale and, on bf16 devices, "
+        "try float32")

@@ -11,6 +11,7 @@ import numpy as np
 from mindspore import Tensor
 
 _EXACT = (ms.bool_, ms.int8, ms.int16, ms.int32, ms.int64, ms.uint8, ms.uint16, ms.uint32, ms.uint64)
+_NUMPY = {ms.bool_: np.bool_, ms.int32: np.int32, ms.int64: np.int64, ms.float16: np.float16, ms.float32: np.float32}
 
 
 def graph_input(name: str, value, dtype: ms.Type, shape: tuple[int, ...] | None = None, hint: str = "") -> Tensor:
@@ -28,6 +29,8 @@ def graph_input(name: str, value, dtype: ms.Type, shape: tuple[int, ...] | None 
         raise ValueError(f"{name} has shape {tuple(value.shape)}, expected {tuple(shape)}{hint}")
     if dtype in _EXACT and not exact:
         raise ValueError(f"{name} must hold integers, got dtype {value.dtype}")
-    if isinstance(value, Tensor):
-        return value if value.dtype == dtype else value.astype(dtype)
-    return Tensor(value.astype(ms.dtype_to_nptype(dtype), copy=False))
+    if not isinstance(value, Tensor):
+        if dtype in _NUMPY:  # cast on the host: no extra device op
+            return Tensor(value.astype(_NUMPY[dtype], copy=False))
+        value = Tensor(value)  # bfloat16 and rarer types: numpy has no such dtype
+    return value if value.dtype == dtype else value.astype(dtype)
