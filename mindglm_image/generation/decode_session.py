@@ -109,6 +109,7 @@ class DecodeSession:
 
     def __init__(self, model: CachedLM, cache: StaticKVCache, end_token_id: int):
         self.cache = cache
+        self.end_token_id = end_token_id  # a row that sampled it keeps emitting it
         self.graph = _CachedStep(model, cache)
         self.sampling_prefill = _SampledPrefill(model, cache, end_token_id)
         self.sampling_step = _SampledDecode(model, cache, end_token_id)

@@ -116,7 +116,6 @@ class PriorGenerator:
     def _sample_on_device(self, session: DecodeSession, sampler: TokenSampler, ids: np.ndarray, mask: np.ndarray,
                           positions: RopePositions, new_tokens: int, progress: bool) -> tuple[np.ndarray, int]:
         """(B, N) tokens sampled in the decode graph, and the number of readbacks it took."""
-        eos = self.model.config.image_end_token_id
         logits_per_step = len(ids) * self.model.config.text_config.vision_vocab_size
         state = session.sample_prefill(ids, positions.prefill, mask, positions.decode,
                                        sampler.uniforms(len(ids), new_tokens), sampling_params(sampler.config))
@@ -133,7 +132,7 @@ class PriorGenerator:
                 bar.update(1)
         flat = ops.cat((state.flags, state.tokens.reshape(-1))).asnumpy()  # the flags and tokens in one readback
         self._all_ended(flat[:3], logits_per_step)
-        generated = np.full((len(ids), new_tokens), eos, np.int64)
+        generated = np.full((len(ids), new_tokens), session.end_token_id, np.int64)
         generated[:, :steps] = flat[3:].reshape(len(ids), new_tokens)[:, :steps]
         return generated, syncs + 1
 
