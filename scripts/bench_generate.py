@@ -3,8 +3,12 @@
 Writes the tiny model (``make-tiny``) unless ``--model`` is given, times our AR decoding (tokens/s) and
 denoising (s/step, CFG: two DiT calls per step) cold (first call: graph compilation) and warm (best of
 ``--repeats``), runs the reference pipeline on the same folder in ``.venv-ref`` and prints the ratios.
+It also times our AR stage with the numpy sampler (logits read back every token) against the on-device
+sampler (tokens read back once), interleaved, with the host readbacks per image of each
+(``--samplers-only``: just that comparison).
 
     .venv/bin/python scripts/bench_generate.py --height 256 --width 256 --steps 8
+    .venv/bin/python scripts/bench_generate.py --samplers-only --repeats 5
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--samplers-only", action="store_true", help="only the numpy vs on-device sampler comparison")
     parser.add_argument("--ref-python", default=os.environ.get("MINDGLM_REF_PYTHON", str(ROOT / ".venv-ref/bin/python")))
     args = parser.parse_args()
 
@@ -38,6 +43,10 @@ def main() -> None:
     setup_runtime("CPU")
     model = args.model or make_tiny_model(Path(tempfile.mkdtemp()) / "tiny", progress=False)
     pipe = GlmImagePipeline.from_pretrained(model)
+    samplers = compare_samplers(pipe, args.height, args.width, args.repeats)
+    if args.samplers_only:
+        print(json.dumps({"model": str(model), "size": f"{args.height}x{args.width}", "ar_samplers": samplers}, indent=2))
+        return
     runs = []
     for _ in range(1 + args.repeats):
         out = pipe(PROMPT, height=args.height, width=args.width, num_inference_steps=args.steps, progress=False)
@@ -56,8 +65,33 @@ def main() -> None:
               "ours": {k: round(v, 4) for k, v in ours.items()},
               "reference": {"ar_tok_per_s": round(ref_tok_s, 2), "s_per_step": round(ref_step, 4)},
               "warm_ratio_vs_reference": {"ar_speed": round(ours["warm_ar_tok_per_s"] / ref_tok_s, 2),
-                                          "denoise_speed": round(ref_step / ours["warm_s_per_step"], 2)}}
+                                          "denoise_speed": round(ref_step / ours["warm_s_per_step"], 2)},
+              "ar_samplers": samplers}
     print(json.dumps(report, indent=2))
+
+
+def compare_samplers(pipe, height: int, width: int, repeats: int) -> dict:
+    """Warm AR tokens/s (best of ``repeats`` after one compiling run) and host readbacks per image, with
+    the numpy sampler and the on-device one, runs interleaved so machine load hits both alike."""
+    from mindglm_image.generation.prior import PriorGenerationConfig, PriorGenerator
+    from mindglm_image.generation.sampling import SamplingConfig
+
+    generators = {name: PriorGenerator(pipe.vision_language_encoder, PriorGenerationConfig(device_sampling=on_device))
+                  for name, on_device in (("numpy", False), ("device", True))}
+    best = {name: 0.0 for name in generators}
+    syncs, original = {}, pipe.generator
+    for run in range(1 + repeats):
+        for name, generator in generators.items():
+            pipe.generator = generator
+            start = time.perf_counter()
+            prior = pipe.generate_prior([PROMPT], height, width, SamplingConfig(seed=run), progress=False)
+            seconds = time.perf_counter() - start
+            if run:
+                best[name] = max(best[name], prior.generated.size / seconds)
+            syncs[name] = prior.host_syncs
+    pipe.generator = original
+    return {"tokens": int(prior.generated.size), **{f"{n}_warm_tok_per_s": round(v, 1) for n, v in best.items()},
+            **{f"{n}_host_syncs": v for n, v in syncs.items()}, "device_vs_numpy": round(best["device"] / best["numpy"], 2)}
 
 
 if __name__ == "__main__":
