@@ -13,6 +13,7 @@ from parity_utils import assert_parity, load_converted
 
 from mindglm_image.config.ar import GlmImageConfig
 from mindglm_image.generation.decode_session import DecodeSession
+from mindglm_image.graph_inputs import graph_input
 from mindglm_image.models.ar.rope import MultimodalRotaryEmbedding, compute_rope_positions
 from mindglm_image.models.ar.text_model import GlmImageTextDecoderLayer, causal_key_mask
 from mindglm_image.weights.checkpoint import ShardedCheckpoint
@@ -113,6 +114,10 @@ def test_bad_inputs_are_named(ref, model):
         compute_rope_positions(ids, START, END, grids, images_per_sample=[1])
     with pytest.raises(ValueError, match="position_ids has shape"):
         model.logits(ids, np.zeros((3, 2, ids.shape[1]), np.int64))
+    with pytest.raises(ValueError, match="input_ids must hold integers, got dtype float32"):
+        model.logits(ids.astype(np.float32), np.zeros((3, *ids.shape), np.int64))
+    on_device = ms.Tensor(ids.astype(np.int32))
+    assert graph_input("input_ids", on_device, ms.int32, ids.shape) is on_device  # no host round trip
     session = DecodeSession(model, model.new_kv_cache(1, ids.shape[1]), END)
     with pytest.raises(ValueError, match="expected \\(batch=1"):
         session.prefill(np.concatenate([ids, ids]), np.zeros((3, 2, ids.shape[1])))
