@@ -157,3 +157,22 @@ def test_all_rows_ended_stops_at_the_next_check(pipe, device):
         device._sessions[key] = session
     assert (prior.generated == first).all() and prior.host_syncs == 2
     assert session.length == 64 + 7  # the bucketed prompt and 7 decode steps
+
+
+def test_session_refuses_steps_past_its_plan(pipe, device):
+    _prior(pipe, device, PROMPTS[:1], SamplingConfig(do_sample=False))
+    session = next(s for k, s in device._sessions.items() if k[0] == 1)
+    session.reset()
+    ids, mask = np.zeros((1, 64), np.int64), np.ones((1, 64), np.int64)
+    prompt_positions = np.broadcast_to(np.arange(64), (3, 1, 64))
+    decode_positions = np.broadcast_to(np.arange(64, 66), (1, 3, 2))
+    params = sampling_params(SamplingConfig())
+    state = session.sample_step(session.sample_prefill(ids, prompt_positions, mask, decode_positions,
+                                                       np.full((1, 2), 0.5), params))
+    assert state.tokens.shape == (1, 2) and session.length == 65
+    with pytest.raises(ValueError, match="every token planned by sample_prefill is sampled"):
+        session.sample_step(state)
+    session.reset()
+    with pytest.raises(ValueError, match="overflow the cache"):
+        session.sample_prefill(ids, prompt_positions, mask, decode_positions, np.full((1, 10_000), 0.5), params)
+    assert session.length == 0

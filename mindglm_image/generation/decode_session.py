@@ -113,7 +113,8 @@ class DecodeSession:
         self.graph = _CachedStep(model, cache)
         self.sampling_prefill = _SampledPrefill(model, cache, end_token_id)
         self.sampling_step = _SampledDecode(model, cache, end_token_id)
-        self._tables: tuple[Tensor, ...] = ()
+        self._tables: tuple[Tensor, ...] = ()  # the running generation's positions, uniforms, start, params
+        self._steps_left = 0
 
     @property
     def length(self) -> int:
@@ -154,21 +155,27 @@ class DecodeSession:
         ``decode_positions`` (B, 3, N) as ``RopePositions.decode`` (row k: where token k is fed),
         ``uniforms`` (B, N) as ``TokenSampler.uniforms``, ``params`` from ``sampling_params``.
         """
+        if decode_positions is None:
+            raise ValueError("no decode positions: the prompt had no image grids (pass image_grid_thw)")
         batch = self.cache.batch_size
         steps = uniforms.shape[1]
-        start = self.cache.length
-        inputs = self._inputs(input_ids, position_ids, attention_mask, None)
-        if start + input_ids.shape[1] + steps - 1 > self.cache.max_len:
+        if self.cache.length + input_ids.shape[1] + steps - 1 > self.cache.max_len:
             raise ValueError(f"{steps} generated tokens after a {input_ids.shape[1]}-token prompt overflow the cache "
                              f"of max_len {self.cache.max_len}; allocate a session with a larger max_len")
+        inputs = self._inputs(input_ids, position_ids, attention_mask, None)
         positions = graph_input("decode positions", np.asarray(decode_positions)[:, :, :steps].transpose(1, 0, 2),
                                 ms.int32, (3, batch, steps), "; compute them with rope_positions(...).decode")
         u = graph_input("uniforms", uniforms, ms.float32, (batch, steps))
         self._tables = (positions, u, Tensor(np.array([self.cache.length], np.int32)), params)
+        self._steps_left = steps - 1
         return DecodeState(*self.sampling_prefill(*inputs, u, params))
 
     def sample_step(self, state: DecodeState) -> DecodeState:
         """Feed ``state.token`` and sample the next token on the device; nothing is read back."""
+        if self._steps_left <= 0:
+            raise ValueError("every token planned by sample_prefill is sampled (its uniforms have one column per "
+                             "token); start the next generation with sample_prefill")
+        self._steps_left -= 1
         self.cache.length += 1
         return DecodeState(*self.sampling_step(state.token, state.step, state.finished, state.flags, state.tokens,
                                                *self._tables))
