@@ -3,6 +3,9 @@
 Writes the tiny model (``make-tiny``) unless ``--model`` is given, times our AR decoding (tokens/s) and
 denoising (s/step, CFG: one batched DiT call per step) cold (first call: graph compilation) and warm (best of
 ``--repeats``), runs the reference pipeline on the same folder in ``.venv-ref`` and prints the ratios.
+It also times our AR stage with the numpy sampler (logits read back every token) against the on-device
+sampler (tokens read back once), interleaved, with the host readbacks per image of each
+(``--samplers-only``: just that comparison).
 
     .venv/bin/python scripts/bench_generate.py --height 256 --width 256 --steps 8
 
@@ -12,6 +15,7 @@ batched DiT call a step, Euler step on the device, one readback), with host sync
 difference of their final latents:
 
     .venv/bin/python scripts/bench_generate.py --denoise-only --height 256 --width 256 --steps 8
+    .venv/bin/python scripts/bench_generate.py --samplers-only --repeats 5
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--samplers-only", action="store_true", help="only the numpy vs on-device sampler comparison")
     parser.add_argument("--ref-python", default=os.environ.get("MINDGLM_REF_PYTHON", str(ROOT / ".venv-ref/bin/python")))
     parser.add_argument("--denoise-only", action="store_true", help="time our host vs device denoising loops only")
     args = parser.parse_args()
@@ -48,6 +53,10 @@ def main() -> None:
     pipe = GlmImagePipeline.from_pretrained(model)
     if args.denoise_only:
         print(json.dumps(compare_denoise_loops(pipe, args), indent=2))
+        return
+    samplers = compare_samplers(pipe, args.height, args.width, args.repeats)
+    if args.samplers_only:
+        print(json.dumps({"model": str(model), "size": f"{args.height}x{args.width}", "ar_samplers": samplers}, indent=2))
         return
     runs = []
     for _ in range(1 + args.repeats):
@@ -67,7 +76,8 @@ def main() -> None:
               "ours": {k: round(v, 4) for k, v in ours.items()},
               "reference": {"ar_tok_per_s": round(ref_tok_s, 2), "s_per_step": round(ref_step, 4)},
               "warm_ratio_vs_reference": {"ar_speed": round(ours["warm_ar_tok_per_s"] / ref_tok_s, 2),
-                                          "denoise_speed": round(ref_step / ours["warm_s_per_step"], 2)}}
+                                          "denoise_speed": round(ref_step / ours["warm_s_per_step"], 2)},
+              "ar_samplers": samplers}
     print(json.dumps(report, indent=2))
 
 
@@ -103,6 +113,31 @@ def compare_denoise_loops(pipe, args) -> dict:
             "median_paired_speedup": round(float(np.median([h / d for h, d in zip(seconds["host_two_calls"][1:],
                                                                                      seconds["device_batched"][1:])])), 2),
             "final_latents_rel_diff": float(np.abs(device - host).max() / np.abs(host).max())}
+def compare_samplers(pipe, height: int, width: int, repeats: int) -> dict:
+    """AR tokens/s and host readbacks per image with the numpy sampler and the on-device one: after one
+    compiling run each, ``repeats`` warm pairs run back to back, so a pair sees about the same machine
+    load; reports the best run of each and the median of the per-pair speed ratios."""
+    from mindglm_image.generation.prior import PriorGenerationConfig, PriorGenerator
+    from mindglm_image.generation.sampling import SamplingConfig
+
+    generators = {name: PriorGenerator(pipe.vision_language_encoder, PriorGenerationConfig(device_sampling=on_device))
+                  for name, on_device in (("numpy", False), ("device", True))}
+    speeds = {name: [] for name in generators}
+    syncs, original = {}, pipe.generator
+    for run in range(1 + repeats):
+        for name, generator in generators.items():
+            pipe.generator = generator
+            start = time.perf_counter()
+            prior = pipe.generate_prior([PROMPT], height, width, SamplingConfig(seed=run), progress=False)
+            seconds = time.perf_counter() - start
+            if run:
+                speeds[name].append(prior.generated.size / seconds)
+            syncs[name] = prior.host_syncs
+    pipe.generator = original
+    ratios = sorted(d / n for d, n in zip(speeds["device"], speeds["numpy"]))
+    return {"tokens": int(prior.generated.size), **{f"{n}_best_tok_per_s": round(max(v), 1) for n, v in speeds.items()},
+            **{f"{n}_host_syncs": v for n, v in syncs.items()},
+            "device_vs_numpy_median_pair": round(ratios[len(ratios) // 2], 2)}
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ from mindspore import mint, nn
 from parity_utils import assert_parity, load_converted
 
 from mindglm_image.config.ar import GlmImageConfig
+from mindglm_image.generation.decode_session import DecodeSession
+from mindglm_image.graph_inputs import graph_input
 from mindglm_image.models.ar.rope import MultimodalRotaryEmbedding, compute_rope_positions
 from mindglm_image.models.ar.text_model import GlmImageTextDecoderLayer, causal_key_mask
 from mindglm_image.weights.checkpoint import ShardedCheckpoint
@@ -75,7 +77,7 @@ def test_static_cache_decoding_matches_full_forward(ref, model, parity_report):
     _, data = ref
     ids, tokens = data["t2i_ids"], data["t2i_tokens"]
     pos = _positions(data, "t2i")
-    session = model.new_decode_session(batch_size=1, max_len=ids.shape[1] + STEPS + 3)
+    session = DecodeSession(model, model.new_kv_cache(1, ids.shape[1] + STEPS + 3), END)
     for run in range(2):  # the second run checks that reset() really forgets the first
         session.reset()
         got = [session.prefill(ids, pos.prefill).asnumpy()]
@@ -97,7 +99,7 @@ def test_left_padded_batch(ref, model, parity_report):
     valid = mask.astype(bool)
     logits = model.logits(ids, pos.prefill, mask).asnumpy()
     assert_parity(parity_report, "vision_language_encoder/logits_batch", logits[valid], data["batch_logits"][valid])
-    session = model.new_decode_session(batch_size=2, max_len=ids.shape[1] + STEPS)
+    session = DecodeSession(model, model.new_kv_cache(2, ids.shape[1] + STEPS), END)
     got = [session.prefill(ids, pos.prefill, mask).asnumpy()]
     got += [session.step(tokens[:, k:k + 1], pos.decode_step(k)).asnumpy() for k in range(STEPS)]
     assert_parity(parity_report, "vision_language_encoder/decode_batch", np.stack(got), data["batch_inc_logits"])
@@ -112,7 +114,11 @@ def test_bad_inputs_are_named(ref, model):
         compute_rope_positions(ids, START, END, grids, images_per_sample=[1])
     with pytest.raises(ValueError, match="position_ids has shape"):
         model.logits(ids, np.zeros((3, 2, ids.shape[1]), np.int64))
-    session = model.new_decode_session(batch_size=1, max_len=ids.shape[1])
+    with pytest.raises(ValueError, match="input_ids must hold integers, got dtype float32"):
+        model.logits(ids.astype(np.float32), np.zeros((3, *ids.shape), np.int64))
+    on_device = ms.Tensor(ids.astype(np.int32))
+    assert graph_input("input_ids", on_device, ms.int32, ids.shape) is on_device  # no host round trip
+    session = DecodeSession(model, model.new_kv_cache(1, ids.shape[1]), END)
     with pytest.raises(ValueError, match="expected \\(batch=1"):
         session.prefill(np.concatenate([ids, ids]), np.zeros((3, 2, ids.shape[1])))
     session.prefill(ids, compute_rope_positions(ids, START, END, grids).prefill)

@@ -28,7 +28,8 @@ def test_ar_prefill_and_decode_graphs_reused_across_prompts(pipe):
         pipe.generate_prior([prompt], 64, 64, greedy, progress=False)
     sessions = list(pipe.generator._sessions.values())
     assert len(sessions) == 1
-    assert len(sessions[0].graph.compile_cache) == 2  # one prefill graph (bucketed length), one decode graph
+    # one prefill graph (bucketed length), one decode graph, sampling inside both
+    assert len(sessions[0].sampling_prefill.compile_cache) == 1 and len(sessions[0].sampling_step.compile_cache) == 1
 
 
 def test_dit_cond_and_uncond_share_one_graph_across_prompt_lengths(pipe):

@@ -5,6 +5,13 @@ their VQ ids) is prefilled once, then one token per step is sampled and fed back
 position (T2I: the preview grid, then the full grid, then the end marker; I2I: the full grid). The
 full grid's ids are cut out and upsampled 2x for the DiT.
 
+Sampling runs inside the decode graph by default (``DeviceTokenSampler``): tokens, the end-marker
+bookkeeping and the non-finite flags stay on the device, and the host reads back only the (3,) flags
+every ``check_every`` steps (to stop early when every row has ended or a logit is not finite) and the
+tokens with the flags once at the end: ``floor((N - 1) / check_every) + 1`` readbacks for N tokens (6 for
+the 1281 tokens of a 1024 x 1024 T2I image at the default 256; 1 with ``check_every=0``), against N
+with the numpy sampler. ``PriorTokens.host_syncs`` counts them.
+
 Graphs are compiled once per shape and reused: decode sessions are kept per (batch, cache length) and
 prompts are left-padded to a multiple of ``prompt_bucket`` so the prefill graph is shared across prompts.
 """
@@ -13,19 +20,29 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from mindspore import ops
 from tqdm import tqdm
 
-from ..finite import check_finite
+from ..finite import check_finite, non_finite_error
 from ..models.ar.glm_image_ar import GlmImageForConditionalGeneration
+from ..models.ar.rope import RopePositions
 from ..models.dit.prior_tokens import upsample_prior_tokens
 from ..processor.prompt import PromptBatch
+from .decode_session import DecodeSession
+from .device_sampling import sampling_params
 from .sampling import TokenSampler
 
 
 @dataclasses.dataclass(frozen=True)
 class PriorGenerationConfig:
-    prompt_bucket: int = 64   # prompts are left-padded to a multiple of this (0: no padding)
-    cache_bucket: int = 256   # cache length rounded up to a multiple of this, so sessions are reused
+    prompt_bucket: int = 64       # prompts are left-padded to a multiple of this (0: no padding)
+    cache_bucket: int = 256       # cache length rounded up to a multiple of this, so sessions are reused
+    device_sampling: bool = True  # sample inside the decode graph (False: numpy TokenSampler, a readback per token)
+    check_every: int = 256        # device sampling: steps between readbacks of the end/non-finite flags (0: none)
+
+    def __post_init__(self):
+        if self.check_every < 0:
+            raise ValueError(f"check_every must be >= 0 (0: read the flags only at the end), got {self.check_every}")
 
 
 @dataclasses.dataclass
@@ -33,6 +50,7 @@ class PriorTokens:
     generated: np.ndarray     # (B, N) every sampled token, end marker included
     grid_ids: np.ndarray      # (B, h*w) full-grid ids at the AR resolution (32 px per token)
     prior_ids: np.ndarray     # (B, 2h*2w) the same, upsampled to the DiT's patch grid
+    host_syncs: int = 0       # device-to-host readbacks of the AR stage in this call (shared by its B rows)
 
 
 class PriorGenerator:
@@ -41,14 +59,15 @@ class PriorGenerator:
     def __init__(self, model: GlmImageForConditionalGeneration, cfg: PriorGenerationConfig = PriorGenerationConfig()):
         self.model = model
         self.cfg = cfg
-        self._sessions: dict[tuple[int, int], object] = {}
+        self._sessions: dict[tuple[int, int], DecodeSession] = {}
 
-    def _session(self, batch: int, needed: int):
+    def _session(self, batch: int, needed: int) -> DecodeSession:
         step = max(self.cfg.cache_bucket, 1)
         length = -(-needed // step) * step
         key = (batch, length)
         if key not in self._sessions:
-            self._sessions[key] = self.model.new_decode_session(batch, length)
+            self._sessions[key] = DecodeSession(self.model, self.model.new_kv_cache(batch, length),
+                                                self.model.config.image_end_token_id)
         session = self._sessions[key]
         session.reset()
         return session
@@ -85,22 +104,58 @@ class PriorGenerator:
         offset = batch.grid.preview_height * batch.grid.preview_width if t2i else 0
         positions = self.model.rope_positions(ids, batch.image_grid_thw, batch.images_per_sample, mask)
         session = self._session(len(ids), ids.shape[1] + new_tokens)
-        logits = session.prefill(ids, positions.prefill, mask)
-        generated = np.zeros((len(ids), new_tokens), dtype=np.int64)
-        eos = config.image_end_token_id
-        finished = np.zeros(len(ids), dtype=bool)
-        for k in tqdm(range(new_tokens), desc="AR tokens", disable=not progress):
-            token = sampler(check_finite(logits.asnumpy().astype(np.float32), f"AR prior (token {k + 1} logits)"))
-            token = np.where(finished, eos, token)   # a finished sample keeps emitting its end marker
-            generated[:, k] = token
-            finished |= token == eos
-            if finished.all() or k == new_tokens - 1:
-                generated[:, k + 1:] = eos
-                break
-            logits = session.step(token[:, None], positions.decode_step(k))
+        run = self._sample_on_device if self.cfg.device_sampling else self._sample_on_host
+        generated, syncs = run(session, sampler, ids, mask, positions, new_tokens, progress)
         grid_ids = generated[:, offset:offset + h * w]
         if (grid_ids >= config.vq_config.num_embeddings).any():
             raise RuntimeError("the AR model ended or broke the image grid early (non-image ids inside the grid); "
                                "retry with another seed or check that the checkpoint matches its config")
         prior = np.stack([upsample_prior_tokens(row, h, w).reshape(-1) for row in grid_ids])
-        return PriorTokens(generated, grid_ids, prior)
+        return PriorTokens(generated, grid_ids, prior, syncs)
+
+    def _sample_on_device(self, session: DecodeSession, sampler: TokenSampler, ids: np.ndarray, mask: np.ndarray,
+                          positions: RopePositions, new_tokens: int, progress: bool) -> tuple[np.ndarray, int]:
+        """(B, N) tokens sampled in the decode graph, and the number of readbacks it took."""
+        logits_per_step = len(ids) * self.model.config.text_config.vision_vocab_size
+        state = session.sample_prefill(ids, positions.prefill, mask, positions.decode,
+                                       sampler.uniforms(len(ids), new_tokens), sampling_params(sampler.config))
+        syncs, steps = 0, 1
+        with tqdm(total=new_tokens, desc="AR tokens", disable=not progress) as bar:
+            bar.update(1)
+            while steps < new_tokens:
+                if self.cfg.check_every and steps % self.cfg.check_every == 0:
+                    syncs += 1
+                    if self._all_ended(state.flags.asnumpy(), logits_per_step):
+                        break
+                state = session.sample_step(state)
+                steps += 1
+                bar.update(1)
+        flat = ops.cat((state.flags, state.tokens.reshape(-1))).asnumpy()  # the flags and tokens in one readback
+        self._all_ended(flat[:3], logits_per_step)
+        generated = np.full((len(ids), new_tokens), session.end_token_id, np.int64)
+        generated[:, :steps] = flat[3:].reshape(len(ids), new_tokens)[:, :steps]
+        return generated, syncs + 1
+
+    @staticmethod
+    def _all_ended(flags: np.ndarray, logits_per_step: int) -> bool:
+        """Raise for non-finite logits counted in the graph (``_SampledStep.select``); True when every row ended."""
+        if flags[0]:
+            raise non_finite_error(f"AR prior (token {flags[0]} logits)", int(flags[1]), logits_per_step)
+        return bool(flags[2])
+
+    def _sample_on_host(self, session: DecodeSession, sampler: TokenSampler, ids: np.ndarray, mask: np.ndarray,
+                        positions: RopePositions, new_tokens: int, progress: bool) -> tuple[np.ndarray, int]:
+        """The numpy twin: logits read back and sampled by ``sampler`` at every step."""
+        eos = self.model.config.image_end_token_id
+        logits = session.prefill(ids, positions.prefill, mask)
+        generated = np.zeros((len(ids), new_tokens), dtype=np.int64)
+        finished = np.zeros(len(ids), dtype=bool)
+        for k in tqdm(range(new_tokens), desc="AR tokens", disable=not progress):
+            token = sampler(check_finite(logits, f"AR prior (token {k + 1} logits)"))
+            token = np.where(finished, eos, token)   # a finished sample keeps emitting its end marker
+            generated[:, k] = token
+            finished |= token == eos
+            if finished.all() or k == new_tokens - 1:
+                generated[:, k + 1:] = eos
+                return generated, k + 1
+            logits = session.step(token[:, None], positions.decode_step(k))

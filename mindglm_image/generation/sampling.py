@@ -1,7 +1,9 @@
 """Next-token selection with the same rules as ``transformers`` (temperature -> top-k -> top-p), seeded.
 
-Runs on the host over the (B, vision_vocab) logits of one step: 16512 floats per sample, negligible next
-to a decoder step, and it keeps the random stream in one numpy Generator so a seed reproduces a run.
+``TokenSampler`` runs on the host over the (B, vision_vocab) logits of one step. It owns the random
+stream (numpy Generators, so a seed reproduces a run) and is the tested twin of the on-device sampler
+(``device_sampling.DeviceTokenSampler``), which draws its uniforms from the same stream
+(``TokenSampler.uniforms``) so both pick the same token for the same seed up to float32 rounding.
 """
 from __future__ import annotations
 
@@ -55,6 +57,17 @@ class TokenSampler:
         self.rng = np.random.default_rng(config.seed)
         self.row_rngs = None if row_seeds is None else [np.random.default_rng(s) for s in row_seeds]
 
+    def uniforms(self, batch: int, steps: int) -> np.ndarray:
+        """(B, steps) float64: column k is the uniform ``__call__`` would use for each row at its k-th call
+        (zeros and nothing drawn when greedy). Advances the stream exactly as ``steps`` calls would."""
+        if not self.config.do_sample:
+            return np.zeros((batch, steps))
+        if self.row_rngs is None:
+            return self.rng.random((steps, batch)).T.copy()  # call k draws rng.random(batch)
+        if len(self.row_rngs) != batch:
+            raise ValueError(f"{len(self.row_rngs)} row seeds for a batch of {batch}")
+        return np.stack([rng.random(steps) for rng in self.row_rngs])
+
     def filtered_logits(self, logits: np.ndarray) -> np.ndarray:
         """Logits after temperature, top-k and top-p; removed tokens are -inf."""
         cfg = self.config
@@ -81,12 +94,7 @@ class TokenSampler:
             return np.argmax(logits, axis=-1).astype(np.int64)
         probs = _softmax(self.filtered_logits(logits)).astype(np.float64)
         probs /= probs.sum(axis=-1, keepdims=True)
-        if self.row_rngs is not None:
-            if len(self.row_rngs) != probs.shape[0]:
-                raise ValueError(f"{len(self.row_rngs)} row seeds for a batch of {probs.shape[0]}")
-            u = np.array([[rng.random()] for rng in self.row_rngs])
-        else:
-            u = self.rng.random(probs.shape[0])[:, None]
+        u = self.uniforms(probs.shape[0], 1)
         picked = (np.cumsum(probs, axis=-1) < u).sum(axis=-1)
         return np.minimum(picked, probs.shape[-1] - 1).astype(np.int64)
 

@@ -16,8 +16,8 @@ import numpy as np
 from mindspore import Tensor, mint, nn, ops
 
 from ..config.ar import GlmImageConfig
+from ..graph_inputs import graph_input
 from ..models.ar.glm_image_ar import GlmImageForConditionalGeneration
-from ..models.ar.kv_cache import int32_input
 from ..models.ar.rope import compute_rope_positions
 
 IGNORE_INDEX = -100
@@ -68,8 +68,9 @@ def collate_ar(samples: Sequence[dict], config: GlmImageConfig, pad_id: int = 0,
         ids[b, :n], labels[b, :n], mask[b, :n] = s["ar_input_ids"], s["ar_labels"], 1
         positions[:, b, :n] = sequence_positions(s["ar_input_ids"], s["ar_labels"], s["ar_image_grid_thw"], config)
     shape = (batch, length)
-    return (int32_input("input_ids", ids, shape), int32_input("position_ids", positions, (3, *shape)),
-            int32_input("attention_mask", mask, shape), int32_input("labels", labels, shape))
+    return (graph_input("input_ids", ids, ms.int32, shape),
+            graph_input("position_ids", positions, ms.int32, (3, *shape)),
+            graph_input("attention_mask", mask, ms.int32, shape), graph_input("labels", labels, ms.int32, shape))
 
 
 class ARSFTLoss(nn.Cell):

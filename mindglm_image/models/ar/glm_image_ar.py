@@ -11,8 +11,9 @@ import numpy as np
 from mindspore import nn
 
 from ...config.ar import GlmImageConfig
+from ...graph_inputs import graph_input
 from ..layers import Linear
-from .kv_cache import DecodeSession, StaticKVCache, host_array, int32_input
+from .kv_cache import StaticKVCache
 from .rope import RopePositions, compute_rope_positions
 from .text_model import GlmImageTextModel
 from .vision import GlmImageVisionModel
@@ -35,8 +36,8 @@ class GlmImageModel(nn.Cell):
 class GlmImageForConditionalGeneration(nn.Cell):
     """``construct(input_ids (B, L), position_ids (3, B, L), attention_mask (B, L))`` -> logits (B, L, vision_vocab).
 
-    For generation use ``rope_positions`` for the positions and ``new_decode_session`` for a static
-    KV cache whose decode step compiles once.
+    For generation use ``rope_positions`` for the positions and ``new_kv_cache`` for a static KV cache
+    (driven by ``generation.decode_session.DecodeSession``, whose decode step compiles once).
     """
 
     def __init__(self, config: GlmImageConfig, dtype: ms.Type = ms.float32):
@@ -51,7 +52,7 @@ class GlmImageForConditionalGeneration(nn.Cell):
         return self.lm_head(self.model(input_ids, position_ids, attention_mask))
 
     def cached_logits(self, input_ids, position_ids, cache_position, attention_mask, keys, values, key_mask):
-        """Graph body of a cached step (see ``kv_cache.DecodeSession``): logits (B, V) of the last new token."""
+        """Graph body of a cached step (see ``generation.decode_session``): logits (B, V) of the last new token."""
         hidden = self.model.language_model.forward_cached(input_ids, position_ids, cache_position, attention_mask,
                                                           keys, values, key_mask)
         return self.lm_head(hidden[:, -1])
@@ -62,20 +63,19 @@ class GlmImageForConditionalGeneration(nn.Cell):
         return compute_rope_positions(input_ids, self.config.image_start_token_id, self.config.image_end_token_id,
                                       image_grid_thw, images_per_sample, attention_mask)
 
-    def new_decode_session(self, batch_size: int, max_len: int) -> DecodeSession:
+    def new_kv_cache(self, batch_size: int, max_len: int) -> StaticKVCache:
         """Allocate a static KV cache of ``max_len`` slots per sample (prompt + generated tokens)."""
         text = self.config.text_config
-        cache = StaticKVCache(text.num_hidden_layers, batch_size, text.num_key_value_heads, max_len,
-                              text.resolved_head_dim, self.compute_dtype)
-        return DecodeSession(self, cache)
+        return StaticKVCache(text.num_hidden_layers, batch_size, text.num_key_value_heads, max_len,
+                             text.resolved_head_dim, self.compute_dtype)
 
     def logits(self, input_ids, position_ids, attention_mask=None) -> ms.Tensor:
         """Host entry of the full forward: checks shapes, accepts numpy, returns logits (B, L, vision_vocab)."""
-        ids = host_array(input_ids)
-        if ids.ndim != 2:
-            raise ValueError(f"input_ids must have shape (batch, seq_len), got {ids.shape}")
-        mask = np.ones(ids.shape, np.int32) if attention_mask is None else attention_mask
-        return self(int32_input("input_ids", ids, ids.shape),
-                    int32_input("position_ids", position_ids, (3, *ids.shape),
+        shape = tuple(input_ids.shape) if isinstance(input_ids, ms.Tensor) else np.shape(input_ids)
+        if len(shape) != 2:
+            raise ValueError(f"input_ids must have shape (batch, seq_len), got {shape}")
+        mask = np.ones(shape, np.int32) if attention_mask is None else attention_mask
+        return self(graph_input("input_ids", input_ids, ms.int32, shape),
+                    graph_input("position_ids", position_ids, ms.int32, (3, *shape),
                                 "; compute them with rope_positions(...).prefill"),
-                    int32_input("attention_mask", mask, ids.shape))
+                    graph_input("attention_mask", mask, ms.int32, shape))

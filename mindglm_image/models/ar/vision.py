@@ -13,6 +13,7 @@ import numpy as np
 from mindspore import mint, nn, ops
 
 from ...config.ar import GlmImageVisionConfig
+from ...graph_inputs import graph_input
 from ...ops import resolve
 from ...ops.attention import MASKED
 from ..layers import Conv2d, Embedding, LayerNorm, Linear
@@ -201,6 +202,5 @@ class GlmImageVisionModel(nn.Cell):
                 "(patch_size equal to the vision encoder's, temporal_patch_size 1, merge_size 1)"
             )
         inputs = vision_inputs(grid, self.config.position_grid)
-        pixels = pixel_values if isinstance(pixel_values, ms.Tensor) else ms.Tensor(np.asarray(pixel_values))
-        return self(pixels.astype(self.compute_dtype), ms.Tensor(inputs.pos_index),
+        return self(graph_input("pixel_values", pixel_values, self.compute_dtype), ms.Tensor(inputs.pos_index),
                     ms.Tensor(inputs.pos_weight), ms.Tensor(inputs.attn_mask))

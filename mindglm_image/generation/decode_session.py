@@ -1,0 +1,181 @@
+"""Host driver of one cached AR generation: a ``StaticKVCache`` plus the compiled graphs that use it.
+
+Two ways to run it:
+
+* ``prefill`` / ``step`` return the logits (B, V) of the last token fed: the host samples (the numpy
+  twin, ``TokenSampler``) and feeds the token back; one logits readback per token.
+* ``sample_prefill`` / ``sample_step`` sample on the device (``DeviceTokenSampler``) and keep everything
+  a step needs on the device (``DecodeState``): the last token, the step counter, the finished rows,
+  the non-finite flags and the token buffer are graph outputs fed to the next step; the positions and
+  uniforms of the whole generation are uploaded once. Nothing is read back until the caller asks.
+
+Inputs may be numpy arrays or Tensors (``graph_input``); every decode step reuses one graph.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Protocol
+
+import mindspore as ms
+import numpy as np
+from mindspore import Tensor, mint, nn, ops
+
+from ..graph_inputs import graph_input
+from ..models.ar.kv_cache import StaticKVCache
+from .device_sampling import DeviceTokenSampler
+
+
+class CachedLM(Protocol):
+    """What ``DecodeSession`` needs from a model: a graph-traceable cached forward returning last-token logits."""
+
+    def cached_logits(self, input_ids, position_ids, cache_position, attention_mask, keys, values, key_mask): ...
+
+
+class _CachedStep(nn.Cell):
+    """Writes S new tokens into the cache, returns logits (B, V) of the last one.
+
+    ``auto_prefix=False`` (all cells here) keeps the wrapped model's parameter names unchanged.
+    """
+
+    def __init__(self, model: nn.Cell, cache: StaticKVCache):
+        super().__init__(auto_prefix=False)
+        self.model = model
+        self.cache = cache
+
+    def construct(self, input_ids, position_ids, cache_position, attention_mask):
+        return self.model.cached_logits(input_ids, position_ids, cache_position, attention_mask,
+                                        self.cache.keys, self.cache.values, self.cache.key_mask)
+
+
+class _SampledStep(nn.Cell):
+    """Shared tail of the sampling graphs: logits -> token, end-marker and non-finite bookkeeping."""
+
+    def __init__(self, model: nn.Cell, cache: StaticKVCache, end_token_id: int):
+        super().__init__(auto_prefix=False)
+        self.step = _CachedStep(model, cache)
+        self.sampler = DeviceTokenSampler()
+        self.end_token_id = end_token_id
+
+    def select(self, logits, index, uniforms, params, finished, flags, tokens):
+        """Sample token ``index`` (1,) of every row; a finished row keeps emitting the end marker.
+
+        ``flags`` (3,) int32: 1-based index of the first token whose logits were not finite (0: none), the
+        number of non-finite logits then, 1 when every row has finished.
+        """
+        token, non_finite = self.sampler(logits, ops.gather(uniforms, index, 1), params)
+        token = ops.where(finished, self.end_token_id, token).astype(ms.int32)
+        finished = ops.logical_or(finished, token == self.end_token_id)
+        bad = non_finite.sum().astype(ms.int32)
+        first = ops.logical_and(flags[0] == 0, bad > 0)
+        flags = ops.stack((ops.where(first, index[0] + 1, flags[0]), ops.where(first, bad, flags[1]),
+                           finished.all().astype(ms.int32)))
+        column = mint.arange(tokens.shape[1], dtype=ms.int32).reshape(1, -1) == index.reshape(1, 1)
+        tokens = ops.where(column, token.reshape(-1, 1), tokens)
+        return token.reshape(-1, 1), index, finished, flags, tokens
+
+
+class _SampledPrefill(_SampledStep):
+    """Prompt in, first sampled token and a fresh ``DecodeState`` out."""
+
+    def construct(self, input_ids, position_ids, cache_position, attention_mask, uniforms, params):
+        logits = self.step(input_ids, position_ids, cache_position, attention_mask)
+        batch = input_ids.shape[0]
+        return self.select(logits, mint.zeros((1,), dtype=ms.int32), uniforms, params,
+                           mint.zeros((batch,), dtype=ms.bool_), mint.zeros((3,), dtype=ms.int32),
+                           mint.zeros(uniforms.shape, dtype=ms.int32))
+
+
+class _SampledDecode(_SampledStep):
+    """Feeds the last sampled token (index ``step``) and samples the next one, reading its position and
+    uniform from the generation's tables by the device-side step counter."""
+
+    def construct(self, token, step, finished, flags, tokens, positions, uniforms, start, params):
+        logits = self.step(token, ops.gather(positions, step, 2), start + step, mint.ones_like(token))
+        return self.select(logits, step + 1, uniforms, params, finished, flags, tokens)
+
+
+@dataclasses.dataclass
+class DecodeState:
+    """Device-resident state between sampled steps; read back only when the caller chooses."""
+    token: Tensor     # (B, 1) int32 the last sampled token, fed at the next step
+    step: Tensor      # (1,) int32 its index among the generated tokens
+    finished: Tensor  # (B,) bool rows that have emitted the end marker
+    flags: Tensor     # (3,) int32 first token with non-finite logits (1-based, 0: none), their count, all finished
+    tokens: Tensor    # (B, N) int32 every sampled token so far (later columns 0)
+
+
+class DecodeSession:
+    """One static cache and its compiled graphs (logits step, sampled prefill, sampled decode step)."""
+
+    def __init__(self, model: CachedLM, cache: StaticKVCache, end_token_id: int):
+        self.cache = cache
+        self.end_token_id = end_token_id  # a row that sampled it keeps emitting it
+        self.graph = _CachedStep(model, cache)
+        self.sampling_prefill = _SampledPrefill(model, cache, end_token_id)
+        self.sampling_step = _SampledDecode(model, cache, end_token_id)
+        self._tables: tuple[Tensor, ...] = ()  # the running generation's positions, uniforms, start, params
+        self._steps_left = 0
+
+    @property
+    def length(self) -> int:
+        return self.cache.length
+
+    def reset(self) -> None:
+        self.cache.reset()
+
+    def _inputs(self, input_ids, position_ids, attention_mask, cache_position) -> tuple[Tensor, ...]:
+        """Checked int32 graph inputs writing ``input_ids`` (B, S) at ``cache_position`` (default: ``length``)."""
+        batch = self.cache.batch_size
+        if len(input_ids.shape) != 2 or input_ids.shape[0] != batch:
+            raise ValueError(f"input_ids has shape {tuple(input_ids.shape)}, expected (batch={batch}, seq_len)")
+        seq = input_ids.shape[1]
+        start = self.cache.length if cache_position is None else int(cache_position)
+        if start < 0 or start + seq > self.cache.max_len:
+            raise ValueError(f"writing {seq} token(s) at cache position {start} overflows the cache of max_len "
+                             f"{self.cache.max_len}; allocate a session with a larger max_len")
+        self.cache.length = max(self.cache.length, start + seq)
+        mask = np.ones((batch, seq), np.int32) if attention_mask is None else attention_mask
+        return (graph_input("input_ids", input_ids, ms.int32, (batch, seq)),
+                graph_input("position_ids", position_ids, ms.int32, (3, batch, seq)),
+                Tensor(np.arange(start, start + seq, dtype=np.int32)),
+                graph_input("attention_mask", mask, ms.int32, (batch, seq)))
+
+    def prefill(self, input_ids, position_ids, attention_mask=None) -> Tensor:
+        """Prompt (B, L) with positions (3, B, L) and left-padding mask (B, L) -> logits (B, V) of its last token."""
+        return self.graph(*self._inputs(input_ids, position_ids, attention_mask, None))
+
+    def step(self, token_ids, position_ids, cache_position: int | None = None) -> Tensor:
+        """One token per sample (B, 1) at positions (3, B, 1) -> logits (B, V); appends at ``length`` by default."""
+        return self.graph(*self._inputs(token_ids, position_ids, None, cache_position))
+
+    def sample_prefill(self, input_ids, position_ids, attention_mask, decode_positions, uniforms,
+                       params: Tensor) -> DecodeState:
+        """Prefill and sample token 0 on the device; uploads the generation's tables once.
+
+        ``decode_positions`` (B, 3, N) as ``RopePositions.decode`` (row k: where token k is fed),
+        ``uniforms`` (B, N) as ``TokenSampler.uniforms``, ``params`` from ``sampling_params``.
+        """
+        if decode_positions is None:
+            raise ValueError("no decode positions: the prompt had no image grids (pass image_grid_thw)")
+        batch = self.cache.batch_size
+        steps = uniforms.shape[1]
+        if self.cache.length + input_ids.shape[1] + steps - 1 > self.cache.max_len:
+            raise ValueError(f"{steps} generated tokens after a {input_ids.shape[1]}-token prompt overflow the cache "
+                             f"of max_len {self.cache.max_len}; allocate a session with a larger max_len")
+        inputs = self._inputs(input_ids, position_ids, attention_mask, None)
+        positions = graph_input("decode positions", np.asarray(decode_positions)[:, :, :steps].transpose(1, 0, 2),
+                                ms.int32, (3, batch, steps), "; compute them with rope_positions(...).decode")
+        u = graph_input("uniforms", uniforms, ms.float32, (batch, steps))
+        self._tables = (positions, u, Tensor(np.array([self.cache.length], np.int32)), params)
+        self._steps_left = steps - 1
+        return DecodeState(*self.sampling_prefill(*inputs, u, params))
+
+    def sample_step(self, state: DecodeState) -> DecodeState:
+        """Feed ``state.token`` and sample the next token on the device; nothing is read back."""
+        if self._steps_left <= 0:
+            raise ValueError("every token planned by sample_prefill is sampled (its uniforms have one column per "
+                             "token); start the next generation with sample_prefill")
+        self._steps_left -= 1
+        self.cache.length += 1
+        return DecodeState(*self.sampling_step(state.token, state.step, state.finished, state.flags, state.tokens,
+                                               *self._tables))

@@ -1,0 +1,178 @@
+"""On-device sampling (``DeviceTokenSampler`` and the sampled decode loop) against its numpy twin
+``TokenSampler``: same token distribution, filters respected, per-row seeds batch invariant, greedy and
+seeded generations equal to the host loop, host readbacks counted."""
+from __future__ import annotations
+
+import mindspore as ms
+import numpy as np
+import pytest
+
+from mindglm_image.finite import NonFiniteError
+from mindglm_image.generation.decode_session import DecodeSession
+from mindglm_image.generation.device_sampling import DeviceTokenSampler, sampling_params
+from mindglm_image.generation.prior import PriorGenerationConfig, PriorGenerator
+from mindglm_image.generation.sampling import SamplingConfig, TokenSampler
+from mindglm_image.pipeline.glm_image_pipeline import GlmImagePipeline
+from mindglm_image.tiny_model import make_tiny_model
+
+DRAWS = 6000
+CONFIGS = [SamplingConfig(), SamplingConfig(temperature=1.0, top_k=5, top_p=1.0),
+           SamplingConfig(temperature=0.7, top_k=10, top_p=0.5), SamplingConfig(temperature=1.3, top_p=0.9)]
+
+
+@pytest.fixture(scope="module")
+def sampler_cell():
+    return DeviceTokenSampler()
+
+
+@pytest.fixture(scope="module")
+def logits():
+    """One row of 48 distinct logits spread over ~12 nats, repeated for DRAWS independent draws."""
+    row = np.random.default_rng(7).permutation(np.linspace(-6.0, 6.0, 48)).astype(np.float32)
+    return np.tile(row, (DRAWS, 1))
+
+
+def _device_draw(cell, logits: np.ndarray, uniforms: np.ndarray, config: SamplingConfig):
+    tokens, non_finite = cell(ms.Tensor(logits), ms.Tensor(uniforms.astype(np.float32)), sampling_params(config))
+    return tokens.asnumpy(), non_finite.asnumpy()
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=["default", "topk", "topk_topp", "topp"])
+def test_frequencies_match_numpy_sampler(sampler_cell, logits, config):
+    """Token counts over 6000 draws lie within 5 binomial sigmas of the numpy sampler's probabilities, and
+    for the same uniform both samplers pick the same token (they share the random stream)."""
+    host = TokenSampler(config, row_seeds=range(DRAWS))
+    uniforms = TokenSampler(config, row_seeds=range(DRAWS)).uniforms(DRAWS, 1)
+    tokens, _ = _device_draw(sampler_cell, logits, uniforms, config)
+    assert np.mean(tokens == host(logits)) > 0.999  # only float32 rounding at a CDF boundary may differ
+    scores = host.filtered_logits(logits[:1])[0].astype(np.float64)
+    probs = np.exp(scores - scores.max())
+    probs /= probs.sum()
+    counts = np.bincount(tokens, minlength=logits.shape[1])
+    sigma = np.sqrt(DRAWS * probs * (1 - probs))
+    assert (np.abs(counts - DRAWS * probs) <= 5 * sigma + 1).all(), (counts, DRAWS * probs)
+    assert (probs > 0.05).sum() >= 2 and (counts > 0).sum() >= 2  # a real distribution, not argmax
+
+
+@pytest.mark.parametrize("config", CONFIGS[1:3], ids=["topk", "topk_topp"])
+def test_top_k_and_top_p_never_emit_an_excluded_token(sampler_cell, config):
+    rng = np.random.default_rng(3)
+    rows = (rng.standard_normal((8, 64)) * 1.5).astype(np.float32)
+    logits = np.repeat(rows, DRAWS // 8, axis=0)
+    tokens, _ = _device_draw(sampler_cell, logits, rng.random((len(logits), 1)), config)
+    kept = np.isfinite(TokenSampler(config).filtered_logits(rows))
+    sizes = []
+    for r in range(len(rows)):
+        emitted = set(tokens[r * (DRAWS // 8):(r + 1) * (DRAWS // 8)].tolist())
+        assert emitted <= set(np.flatnonzero(kept[r]).tolist())
+        sizes.append(len(emitted))
+    assert max(sizes) > 1  # it samples (top-p 0.5 may leave one token in a row)
+    assert kept.sum(-1).max() <= (config.top_k or 64)
+
+
+def test_greedy_argmax_and_non_finite_count(sampler_cell):
+    logits = np.array([[0.1, 2.0, -1.0, 0.5], [3.0, 0.0, 2.9, np.inf], [np.nan, 1.0, np.nan, 0.0]], np.float32)
+    tokens, non_finite = _device_draw(sampler_cell, logits[:2, :3], np.full((2, 1), 0.5), SamplingConfig(do_sample=False))
+    np.testing.assert_array_equal(tokens, [1, 0])
+    _, non_finite = _device_draw(sampler_cell, logits, np.full((3, 1), 0.5), SamplingConfig())
+    np.testing.assert_array_equal(non_finite, [0, 1, 2])
+
+
+def test_row_uniforms_depend_on_their_own_seed_only():
+    config = SamplingConfig(seed=0)
+    alone = TokenSampler(config, row_seeds=[11]).uniforms(1, 20)
+    batched = TokenSampler(config, row_seeds=[4, 11, 9]).uniforms(3, 20)
+    np.testing.assert_array_equal(batched[1], alone[0])
+    streamed = TokenSampler(config, row_seeds=[4, 11, 9])
+    np.testing.assert_array_equal(np.concatenate([streamed.uniforms(3, 5), streamed.uniforms(3, 15)], 1), batched)
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory):
+    return GlmImagePipeline.from_pretrained(make_tiny_model(tmp_path_factory.mktemp("ds") / "tiny", progress=False))
+
+
+@pytest.fixture(scope="module")
+def device(pipe):
+    """On-device loop reading the flags every 8 steps (its compiled sessions are shared by the tests)."""
+    return PriorGenerator(pipe.vision_language_encoder, PriorGenerationConfig(check_every=8))
+
+
+def _prior(pipe, generator, prompts, sampling, seeds=None):
+    pipe.generator = generator
+    return pipe.generate_prior(prompts, 64, 64, sampling, progress=False, row_seeds=seeds)
+
+
+PROMPTS = ["a cat", "a red bird on a long branch"]
+
+
+@pytest.mark.parametrize("sampling, seeds", [(SamplingConfig(do_sample=False), None),
+                                             (SamplingConfig(seed=5, top_k=20), [3, 8])], ids=["greedy", "seeded"])
+def test_device_loop_equals_host_loop(pipe, device, sampling, seeds):
+    """Same tokens as the numpy loop; readbacks: floor((N - 1) / check_every) + 1 against N."""
+    host = PriorGenerator(pipe.vision_language_encoder, PriorGenerationConfig(device_sampling=False))
+    ours, twin = _prior(pipe, device, PROMPTS, sampling, seeds), _prior(pipe, host, PROMPTS, sampling, seeds)
+    np.testing.assert_array_equal(ours.generated, twin.generated)
+    np.testing.assert_array_equal(ours.prior_ids, twin.prior_ids)
+    n = ours.generated.shape[1]
+    assert (ours.host_syncs, twin.host_syncs) == ((n - 1) // 8 + 1, n)
+    assert len(set(ours.grid_ids[0].tolist())) > 1
+
+
+def test_row_seed_batch_invariance(pipe, device):
+    sampling = SamplingConfig(seed=0)
+    alone = _prior(pipe, device, PROMPTS[1:], sampling, [8]).generated[0]
+    batched = _prior(pipe, device, PROMPTS, sampling, [3, 8]).generated
+    np.testing.assert_array_equal(batched[1], alone)
+    assert (batched[0] != batched[1]).any()
+
+
+def test_non_finite_logits_fail_naming_the_token(pipe, device):
+    model = pipe.vision_language_encoder
+    weight = dict(model.parameters_and_names())["lm_head.weight"]
+    saved = weight.asnumpy().copy()
+    poisoned = saved.copy()
+    poisoned[:, 0] = np.nan
+    weight.set_data(ms.Tensor(poisoned))
+    try:
+        vocab = model.config.text_config.vision_vocab_size
+        with pytest.raises(NonFiniteError, match=rf"AR prior \(token 1 logits\) produced {2 * vocab} non-finite "
+                                                 rf"values \(NaN/inf\) of {2 * vocab}"):
+            _prior(pipe, device, PROMPTS, SamplingConfig())
+    finally:
+        weight.set_data(ms.Tensor(saved))
+
+
+def test_all_rows_ended_stops_at_the_next_check(pipe, device):
+    """With the end marker set to the greedy first token every row ends at token 0: the loop stops at
+    the first flag check (step 8) and fills the rest with the marker."""
+    greedy = SamplingConfig(do_sample=False)
+    first = int(_prior(pipe, device, PROMPTS[:1], greedy).generated[0, 0])
+    key = next(k for k in device._sessions if k[0] == 1)
+    session = device._sessions[key]
+    device._sessions[key] = DecodeSession(pipe.vision_language_encoder, session.cache, first)
+    try:
+        prior = _prior(pipe, device, PROMPTS[:1], greedy)
+    finally:
+        device._sessions[key] = session
+    assert (prior.generated == first).all() and prior.host_syncs == 2
+    assert session.length == 64 + 7  # the bucketed prompt and 7 decode steps
+
+
+def test_session_refuses_steps_past_its_plan(pipe, device):
+    _prior(pipe, device, PROMPTS[:1], SamplingConfig(do_sample=False))
+    session = next(s for k, s in device._sessions.items() if k[0] == 1)
+    session.reset()
+    ids, mask = np.zeros((1, 64), np.int64), np.ones((1, 64), np.int64)
+    prompt_positions = np.broadcast_to(np.arange(64), (3, 1, 64))
+    decode_positions = np.broadcast_to(np.arange(64, 66), (1, 3, 2))
+    params = sampling_params(SamplingConfig())
+    state = session.sample_step(session.sample_prefill(ids, prompt_positions, mask, decode_positions,
+                                                       np.full((1, 2), 0.5), params))
+    assert state.tokens.shape == (1, 2) and session.length == 65
+    with pytest.raises(ValueError, match="every token planned by sample_prefill is sampled"):
+        session.sample_step(state)
+    session.reset()
+    with pytest.raises(ValueError, match="overflow the cache"):
+        session.sample_prefill(ids, prompt_positions, mask, decode_positions, np.full((1, 10_000), 0.5), params)
+    assert session.length == 0
