@@ -37,6 +37,7 @@ from mindspore import Tensor, mint, nn, ops
 from tqdm import tqdm
 
 from ..finite import check_finite, non_finite_error
+from ..graph_inputs import graph_input
 from ..models.dit.kv_cache import GlmImageKVCache
 from ..models.dit.transformer import transformer_inputs
 from ..scheduler.flow_match import FlowMatchEulerScheduler, image_seq_len
@@ -152,7 +153,7 @@ def _device_loop(transformer, scheduler, latents, prior_ids, passes, timesteps, 
     indices = [Tensor(i, ms.int32) for i in range(len(timesteps))]
     step = _euler_step(guided)
     # 2. the loop: one DiT call and one step graph per step, nothing read back
-    x, model_input, record = Tensor(latents), inputs[0], Tensor(np.array([-1, 0], np.int32))
+    x, model_input, record = graph_input("latents", latents, ms.float32), inputs[0], Tensor(np.array([-1, 0], np.int32))
     for i in tqdm(range(len(timesteps)), desc="denoise", disable=not cfg.progress):
         inputs[0], inputs[4] = model_input, step_t[i]
         x, model_input, record = step(transformer(*inputs, *cache), x, sigmas, indices[i], guidance, record)

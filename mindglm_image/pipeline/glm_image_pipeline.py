@@ -27,6 +27,7 @@ from PIL import Image
 from ..finite import check_finite
 from ..generation.prior import PriorGenerationConfig, PriorGenerator, PriorTokens
 from ..generation.sampling import SamplingConfig, TokenSampler
+from ..graph_inputs import graph_input
 from ..models.ar.image_tokens import encode_reference_images
 from ..models.dit.kv_cache import GlmImageKVCache
 from ..models.dit.prior_tokens import upsample_prior_tokens
@@ -310,7 +311,7 @@ class GlmImagePipeline:
     def decode_latents(self, latents: np.ndarray) -> np.ndarray:
         """Final latents -> (B, H, W, 3) float32 pixels in [0, 1], checked finite before the clipping that
         would hide an inf."""
-        decoded = check_finite(self.vae.decode(denormalize_latents(ms.Tensor(latents), self.vae.config)), "VAE decode")
+        decoded = check_finite(self.vae.decode(denormalize_latents(graph_input("latents", latents, ms.float32), self.vae.config)), "VAE decode")
         return postprocess_images(decoded)
 
     def write_kv_cache(self, images: list[list[Image.Image]], grids: list, upsampled: list) -> GlmImageKVCache:

@@ -18,6 +18,7 @@ import numpy as np
 from mindspore import mint, nn
 
 from ..config.dit import GlmImageTransformerConfig
+from ..graph_inputs import graph_input
 from ..models.dit.transformer import GlmImageTransformer2DModel, transformer_inputs
 from ..scheduler.flow_match import FlowMatchEulerScheduler, calculate_shift, image_seq_len
 from .config import DiTLossConfig
@@ -125,7 +126,8 @@ class DiTBatchMaker:
                 self.config, ref_lat, None, ref_ids, np.zeros(ref_ids.shape, bool), zeros, ref_size,
                 np.zeros_like(ref_size))
             refs += [r_lat, r_ids, r_size, r_cos, r_sin]
-        return (latents_t, ms.Tensor(draws["noise"]), ms.Tensor(draws["sigma"]), step_t, glyph_t, ids_t, drop_t,
+        return (latents_t, graph_input("noise", draws["noise"], ms.float32),
+                graph_input("sigma", draws["sigma"], ms.float32), step_t, glyph_t, ids_t, drop_t,
                 size_t, crop_t, cos, sin, text_bias, *refs)
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from mindspore import Tensor, mint, nn, ops
 
 from ...config.dit import GlmImageTransformerConfig
+from ...graph_inputs import graph_input
 from ...ops import resolve
 from ...ops.attention import MASKED
 from ..layers import Embedding, Linear
@@ -355,8 +356,8 @@ def transformer_inputs(config: GlmImageTransformerConfig, hidden_states, encoder
     prior_token_id (B, H/p * W/p) ids; prior_token_drop the same shape, bool (True zeroes that prior
     embedding: the unconditional pass); timestep (B,) (the pipeline passes t - 1); target_size and
     crop_coords (B, 2): pixel (height, width) and top-left crop; encoder_attention_mask (B, T) bool, False
-    on padded glyph tokens, or None (no bias input: every token attended). numpy arrays or MindSpore tensors; tensors are passed through
-    unconverted (no host round trip in the denoising loop).
+    on padded glyph tokens, or None (no bias input: every token attended). numpy arrays or MindSpore tensors
+    (``graph_input``: tensors are cast on the device, never read back, so the denoising loop stays there).
     """
     if len(hidden_states.shape) != 4 or hidden_states.shape[1] != config.in_channels:
         raise ValueError(f"hidden_states must be (batch, {config.in_channels}, height, width) latents, "
@@ -391,10 +392,13 @@ def transformer_inputs(config: GlmImageTransformerConfig, hidden_states, encoder
             raise ValueError("encoder_attention_mask masks every glyph token of a sample; keep at least one")
         text_bias = Tensor(np.where(mask, np.float32(0), np.float32(MASKED)))
     cos, sin = _rotary(config.attention_head_dim, h // p, w // p)
-    return (_tensor(hidden_states, np.float32), None if encoder_hidden_states is None else
-            _tensor(encoder_hidden_states, np.float32), _tensor(prior_token_id, np.int32),
-            _tensor(prior_token_drop, np.bool_), _tensor(timestep, np.float32), _tensor(target_size, np.float32),
-            _tensor(crop_coords, np.float32), cos, sin, text_bias)
+    return (graph_input("hidden_states", hidden_states, ms.float32),
+            None if encoder_hidden_states is None else
+            graph_input("encoder_hidden_states", encoder_hidden_states, ms.float32),
+            graph_input("prior_token_id", prior_token_id, ms.int32),
+            graph_input("prior_token_drop", prior_token_drop, ms.bool_), graph_input("timestep", timestep, ms.float32),
+            graph_input("target_size", target_size, ms.float32), graph_input("crop_coords", crop_coords, ms.float32),
+            cos, sin, text_bias)
 
 
 @functools.lru_cache(maxsize=16)
@@ -402,7 +406,3 @@ def _rotary(head_dim: int, grid_h: int, grid_w: int) -> tuple[Tensor, Tensor]:
     cos, sin = rotary_tables(head_dim, grid_h, grid_w)
     return Tensor(cos), Tensor(sin)
 
-
-def _tensor(x, np_dtype) -> Tensor:
-    """MindSpore tensors pass through; anything else becomes a tensor of ``np_dtype``."""
-    return x if isinstance(x, Tensor) else Tensor(np.asarray(x, dtype=np_dtype))

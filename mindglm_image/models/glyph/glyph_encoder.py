@@ -16,6 +16,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import mint, ops
 
+from ...graph_inputs import graph_input
 from ...processor.byt5_tokenizer import ByT5Tokenizer
 from ...processor.glyph_text import extract_glyph_texts
 from .t5_encoder import T5EncoderModel
@@ -66,9 +67,11 @@ class GlyphEncoder:
         input_ids = np.pad(input_ids, ((0, rows - n), (0, cols - length)), constant_values=self.tokenizer.pad_token_id)
         mask = np.pad(mask, ((0, rows - n), (0, cols - length)))
         n, length = input_ids.shape
-        states = self.text_encoder(ms.Tensor(input_ids), ms.Tensor(mask), self.text_encoder.position_bucket_for(length))
-        keep = np.flatnonzero(mask.reshape(-1)).astype(np.int32)
-        return ops.gather(states.reshape(n * length, -1), ms.Tensor(keep), 0)
+        states = self.text_encoder(graph_input("glyph input_ids", input_ids, ms.int32),
+                                   graph_input("glyph attention_mask", mask, ms.int32),
+                                   self.text_encoder.position_bucket_for(length))
+        keep = graph_input("glyph token index", np.flatnonzero(mask.reshape(-1)), ms.int32)
+        return ops.gather(states.reshape(n * length, -1), keep, 0)
 
     def encode(self, prompt: str | list[str]) -> ms.Tensor:
         """(batch, tokens, d_model) in the encoder's dtype; shorter prompts are zero-padded on the left."""

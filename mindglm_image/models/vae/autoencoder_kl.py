@@ -11,6 +11,7 @@ import numpy as np
 from mindspore import mint, nn
 
 from ...config.vae import AutoencoderKLConfig
+from ...graph_inputs import graph_input
 from ..layers import Conv2d, GroupNorm
 from .blocks import NORM_EPS, DownEncoderBlock2D, UNetMidBlock2D, UpDecoderBlock2D
 
@@ -113,4 +114,4 @@ class AutoencoderKL(nn.Cell):
         if x.shape[2] % multiple or x.shape[3] % multiple:
             raise ValueError(f"AutoencoderKL: {what} height and width {tuple(x.shape[2:])} must be multiples of "
                              f"{multiple}; crop or resize the image first")
-        return ms.Tensor(x, dtype=self.compute_dtype) if isinstance(x, np.ndarray) else x.astype(self.compute_dtype)
+        return graph_input(f"AutoencoderKL {what}", x, self.compute_dtype)
