@@ -1,20 +1,15 @@
 """``model_index.json``: the list of a model folder's parts."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from mindglm_image.config.base import read_json_config
 from mindglm_image.weights.safetensors_io import CheckpointError
 
 
 def read_model_index(folder: Path) -> dict:
-    path = folder / "model_index.json"
-    if not path.is_file():
-        raise CheckpointError(f"{path} not found: point --src at a GLM-Image model folder (it holds model_index.json)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path} is not valid JSON ({err})") from err
+    return read_json_config(folder / "model_index.json", "model_index.json", "point --src at a GLM-Image model folder "
+                            "(it holds model_index.json)", "restore it from the original checkpoint", CheckpointError)
 
 
 def component_names(index: dict) -> list[str]:

@@ -52,14 +52,15 @@ def _check_type(owner: str, name: str, value: Any, annotation: Any) -> Any:
     return value
 
 
-def read_json_config(path: Path, what: str, missing_fix: str, invalid_fix: str) -> dict:
-    """The JSON object in ``path``; a missing or malformed file is a ConfigError naming ``what`` and the fix."""
+def read_json_config(path: Path, what: str, missing_fix: str, invalid_fix: str,
+                     error: type[ValueError] = ConfigError) -> dict:
+    """The JSON object in ``path``; a missing or malformed file raises ``error`` naming ``what`` and the fix."""
     if not path.is_file():
-        raise ConfigError(f"{what} not found: {path}; {missing_fix}")
+        raise error(f"{what} not found: {path}; {missing_fix}")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ConfigError(f"{path} is not valid JSON ({err}); {invalid_fix}") from None
+        raise error(f"{path} is not valid JSON ({err}); {invalid_fix}") from None
 
 
 @dataclasses.dataclass
