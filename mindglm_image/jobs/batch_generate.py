@@ -352,8 +352,7 @@ def run_batch(cfg: BatchJobConfig, pipe=None, rank: int = 0, world: int = 1, pro
             by_id = {item.id: item for item in todo}
             requests = (GenerationRequest(item.id, item.prompt, item.seed, cfg.height, cfg.width, cfg.steps,
                                           cfg.guidance_scale, item.images) for item in claimed())
-            device = cfg.device or os.environ.get("MINDGLM_DEVICE", "CPU")
-            for result in run_engine(requests, loader, cfg.engine_config(), device):
+            for result in run_engine(requests, loader, cfg.engine_config(), cfg.device):
                 if result.error is None:
                     save(by_id[result.request.key], result.images[0], result.timings)
                 else:

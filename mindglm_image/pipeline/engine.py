@@ -21,6 +21,7 @@ DiT stage runs one prompt at a time with the pipeline's per-prompt seed, exactly
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import queue
 import threading
@@ -307,14 +308,20 @@ class _Workers:
 
 
 def run_engine(requests: Iterable[GenerationRequest], loader: Callable, config: EngineConfig = EngineConfig(),
-               device: str = "CPU", sampling: dict | None = None) -> Iterator[GenerationResult]:
+               device: str | None = None, sampling: dict | None = None) -> Iterator[GenerationResult]:
     """Generate every request with the AR and DiT stages overlapped; yields one result per request in
     completion order. ``requests`` is pulled lazily (a group only when the AR stage is ready for it), so a
-    caller may claim items as they are pulled. ``loader(threads)`` returns a pipeline in a worker;
-    ``sampling`` holds overrides of the checkpoint's sampling config (``pipe.sampling_config``)."""
+    caller may claim items as they are pulled. ``loader(threads)`` returns a pipeline in a worker; ``device``
+    as ``setup_runtime`` reads it (None: ``$MINDGLM_DEVICE``, else CPU); ``sampling`` holds overrides of the
+    checkpoint's sampling config (``pipe.sampling_config``)."""
     config.validate()
-    workers = _Workers(choose_mode(config, device), config, loader, dict(sampling or {}))
+    mode = choose_mode(config, device or os.environ.get("MINDGLM_DEVICE", "CPU"))
     groups = _ar_groups(iter(requests), config.max_ar_batch)
+    first = next(groups, None)
+    if first is None:  # nothing to do (a resumed job that is complete): no worker is started
+        return
+    groups = itertools.chain([first], groups)
+    workers = _Workers(mode, config, loader, dict(sampling or {}))
     by_key: dict[str, GenerationRequest] = {}
     ar_in_flight, exhausted, clean = 0, False, False
     last_progress = time.monotonic()
