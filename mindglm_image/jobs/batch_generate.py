@@ -68,6 +68,8 @@ class BatchJobConfig(HFConfig):
     max_ar_batch: int = 8               # overlap: items of one grid size decoded together by the AR stage
     prior_queue: int = 2                # overlap: AR results waiting for the DiT stage (the AR stage blocks when full)
     engine_mode: str = "auto"           # overlap: processes (CPU, several NPUs), streams (one NPU) or auto
+    ar_workers: int = 1                 # overlap, processes: AR stage processes (one NPU each on Ascend)
+    dit_workers: int = 1                # overlap, processes: DiT + VAE stage processes (one NPU each on Ascend)
     device_ids: list = dataclasses.field(default_factory=list)  # overlap, processes on NPUs: AR workers' first
     device: str | None = None           # CPU or Ascend (default: $MINDGLM_DEVICE or CPU)
     stale_claim_seconds: float = 6 * 3600.0  # a claim of another host this old is taken over
@@ -104,7 +106,7 @@ class BatchJobConfig(HFConfig):
         from ..pipeline.engine import EngineConfig
 
         return EngineConfig(mode=self.engine_mode, max_ar_batch=self.max_ar_batch, queue_size=self.prior_queue,
-                            device_ids=tuple(self.device_ids))
+                            ar_workers=self.ar_workers, dit_workers=self.dit_workers, device_ids=tuple(self.device_ids))
 
 
 @dataclasses.dataclass(frozen=True)
