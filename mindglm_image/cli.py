@@ -105,6 +105,7 @@ def _generate_overlapped(args: argparse.Namespace, paths: list[Path], adapters: 
     Same seeds (``--seed`` + i) and so the same images as one pipeline call; every prompt gets the --image
     references. A prompt that fails is reported; the others are still written."""
     from .atomic import save_image_atomic
+    from .generation.sampling import SamplingConfig
     from .pipeline.engine import EngineConfig, GenerationRequest, PipelineLoader, run_engine
 
     n = args.num_images
@@ -112,6 +113,7 @@ def _generate_overlapped(args: argparse.Namespace, paths: list[Path], adapters: 
                                   tuple(args.image), n) for i, prompt in enumerate(args.prompt)]
     sampling = ({"do_sample": False} if args.greedy else
                 {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k})
+    SamplingConfig(**{k: v for k, v in sampling.items() if v is not None})  # bad values fail before any work
     loader = PipelineLoader(args.model, args.device, tuple(adapters))
     failed = 0
     for result in run_engine(requests, loader, EngineConfig(), args.device, sampling):

@@ -37,8 +37,9 @@ _CLUSTER_ENV = ("MS_ROLE", "MS_WORKER_NUM", "MS_SCHED_HOST", "MS_SCHED_PORT", "M
                 "RANK_ID", "RANK_SIZE", "RANK_TABLE_FILE", "DEVICE_ID")
 
 
-class EngineError(RuntimeError):
-    """The engine cannot run at all (a stage failed to load); per-item failures are results instead."""
+class EngineError(ValueError):
+    """The engine cannot run at all: a stage failed to load its model (usually a wrong model folder, hence a
+    ValueError, reported like any bad argument); per-item failures are results instead."""
 
 
 @dataclasses.dataclass(frozen=True)
