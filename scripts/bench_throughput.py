@@ -117,8 +117,8 @@ def bench_size(size: str, steps: int, count: int, max_ar_batch: int, ref_python:
     per_min = lambda side: round(60 * count / side["seconds"], 2)  # noqa: E731
     report = {"size": f"{height}x{width}", "steps": steps, "prompts": count}
     proc = subprocess.run([ref_python, str(ROOT / "scripts/reference/bench_throughput_ref.py"), str(model), str(height),
-                           str(width), str(steps), json.dumps(prompts), json.dumps(seeds)],
-                          str(WARM_SEED)], capture_output=True, text=True)
+                           str(width), str(steps), json.dumps(prompts), json.dumps(seeds), str(WARM_SEED)],
+                          capture_output=True, text=True)
     reference = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else None
     report["reference_images_per_min"] = per_min(reference) if reference else f"failed: {proc.stderr[-1500:]}"
     sequential = run_sequential(model, height, width, steps, prompts, seeds)
