@@ -20,6 +20,7 @@ import pytest
 from engine_fakes import FakeLoader
 from PIL import Image
 
+from mindglm_image.config.base import ConfigError
 from mindglm_image.jobs.batch_generate import BatchJobConfig, read_items, run_batch
 from mindglm_image.pipeline.engine import (EngineConfig, EngineError, GenerationRequest, choose_mode,
                                            run_engine)
@@ -48,6 +49,10 @@ def test_mode_selection():
         choose_mode(EngineConfig(mode="processes", dit_workers=2, device_ids=(0, 1)), "Ascend")
     with pytest.raises(ValueError, match="queue_size=0 must be at least 1"):
         EngineConfig(queue_size=0).validate()
+    job = BatchJobConfig.from_dict({"model": "m", "prompts": "p"})
+    assert job.overlap and job.engine_config() == EngineConfig()  # the batch job overlaps by default
+    with pytest.raises(ConfigError, match=r"engine mode 'fast' is not one of \('auto', 'processes', 'streams'\)"):
+        BatchJobConfig.from_dict({"model": "m", "prompts": "p", "engine_mode": "fast"})
 
 
 def test_prior_queue_is_bounded_and_requests_are_pulled_lazily(tmp_path):

@@ -101,8 +101,8 @@ class BatchJobConfig(HFConfig):
             if not getattr(self, name):
                 raise ConfigError(f"the job needs '{name}' (set it in the job config or pass --{name.replace('_', '-')})")
 
-
     def engine_config(self):
+        """The stage-overlap engine's settings of this job."""
         from ..pipeline.engine import EngineConfig
 
         return EngineConfig(mode=self.engine_mode, max_ar_batch=self.max_ar_batch, queue_size=self.prior_queue,
