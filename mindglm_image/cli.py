@@ -115,18 +115,21 @@ def _generate_overlapped(args: argparse.Namespace, paths: list[Path], adapters: 
                 {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k})
     SamplingConfig(**{k: v for k, v in sampling.items() if v is not None})  # bad values fail before any work
     loader = PipelineLoader(args.model, args.device, tuple(adapters))
-    failed = 0
+    written = set()
     for result in run_engine(requests, loader, EngineConfig(), args.device, sampling):
         i = int(result.request.key)
         if result.error is not None:
             print(f"error: --prompt {i} ({result.request.prompt[:60]!r}): {result.error}", file=sys.stderr)
-            failed += 1
             continue
         for path, image in zip(paths[i * n:(i + 1) * n], result.images):
             save_image_atomic(image, path)
             print(f"wrote {path}")
         print(f"prompt {i}: {result.timings.summary()}")
-    return 1 if failed else 0
+        written.add(i)
+    missing = sorted(set(range(len(requests))) - written)
+    if missing:
+        print(f"error: --prompt {', '.join(map(str, missing))} not generated (see above)", file=sys.stderr)
+    return 1 if missing else 0
 
 
 def output_paths(out: Path, count: int) -> list[Path]:

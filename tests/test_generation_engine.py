@@ -30,8 +30,8 @@ from mindglm_image.tiny_model import make_tiny_model
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ['{"id": "sign", "prompt": "a sign that says \\"OPEN ALL NIGHT\\""}', '{"prompt": "a lake", "seed": 7}',
            '{"id": "bird", "prompt": "a small blue bird sitting on the branch of an old tree"}',
-           '{"id": "cat", "prompt": "a cat"}', '{"id": "road", "prompt": "a long road", "seed": 3}',
-           '{"id": "sky", "prompt": "a purple sky over the sea"}']
+           '{"id": "cat", "prompt": "a cat"}', '{"id": "edit", "prompt": "make it blue", "image": "ref.png"}',
+           '{"id": "road", "prompt": "a long road", "seed": 3}', '{"id": "sky", "prompt": "a purple sky over the sea"}']
 
 
 def _request(key: str, prompt: str = "a cat", seed: int = 0) -> GenerationRequest:
@@ -147,6 +147,8 @@ def sequential(tiny, tmp_path_factory):
 def _job(folder: Path, tiny, **kw) -> BatchJobConfig:
     prompts = folder / "prompts.jsonl"
     prompts.write_text("\n".join(PROMPTS) + "\n")
+    pixels = np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(folder / "ref.png")  # the image-to-image item's reference (its own AR group)
     return BatchJobConfig.from_dict({"model": str(tiny), "prompts": str(prompts), "out_dir": str(folder / "out"),
                                      "height": 64, "width": 64, "steps": 2, "base_seed": 100, **kw})
 
@@ -160,7 +162,7 @@ def _assert_same_images(a: Path, b: Path, ids: list[str]) -> None:
 
 
 def test_overlapped_job_writes_the_sequential_images(sequential, tiny, tmp_path):
-    cfg = _job(tmp_path, tiny, max_ar_batch=4)  # prompts of several lengths share AR batches
+    cfg = _job(tmp_path, tiny, max_ar_batch=4)  # prompts of several lengths share AR batches; I2I goes alone
     summary = run_batch(cfg, progress=False)
     assert (summary["generated"], summary["failed"]) == (len(PROMPTS), [])
     ids = [item.id for item in read_items(cfg.prompts, cfg.base_seed)[0]]

@@ -11,7 +11,8 @@ Two placements run the same stage loops (``_ar_loop`` / ``_dit_loop``):
   prior_token_ids=...)`` for the DiT + VAE stage; loading only one stage's weights needs the pipeline's
   internals), each pinned to its own NPU (``ASCEND_RT_VISIBLE_DEVICES``) or, on CPU, given its share of the
   cores as its kernel-thread budget. A worker that dies or a stage that stalls fails the items still in
-  flight instead of hanging the engine; workers end when the engine's process dies.
+  flight and ends the run (requests not yet pulled are left for a rerun) instead of hanging the engine;
+  workers end when the engine's process dies.
 - ``streams`` (one NPU): both stages as threads of this process on one loaded pipeline, each issuing its
   kernels on its own ``mindspore.runtime.Stream``. Untested: it needs an NPU and none was available.
 
