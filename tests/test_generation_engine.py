@@ -30,7 +30,9 @@ from mindglm_image.tiny_model import make_tiny_model
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ['{"id": "sign", "prompt": "a sign that says \\"OPEN ALL NIGHT\\""}', '{"prompt": "a lake", "seed": 7}',
            '{"id": "bird", "prompt": "a small blue bird sitting on the branch of an old tree"}',
-           '{"id": "cat", "prompt": "a cat"}', '{"id": "edit", "prompt": "make it blue", "image": "ref.png"}',
+           '{"id": "cat", "prompt": "a cat"}',
+           # an explicit seed: a derived one hashes the reference's absolute path, which differs between job folders
+           '{"id": "edit", "prompt": "make it blue", "image": "ref.png", "seed": 11}',
            '{"id": "road", "prompt": "a long road", "seed": 3}', '{"id": "sky", "prompt": "a purple sky over the sea"}']
 
 
@@ -102,7 +104,7 @@ def test_failing_items_are_reported_and_the_rest_finish(tmp_path):
                for k, seed in (("a", 1), ("c", 3), ("e", 5)))
     ar_calls = [line for line in (tmp_path / "log").read_text().splitlines() if line.startswith("ar ")]
     assert ar_calls[:4] == ["ar a cat nan-ar here a cat", "ar a cat", "ar nan-ar here", "ar a cat"]  # batch, then singly
-    with pytest.raises(EngineError, match="the AR stage could not start: FileNotFoundError: no model here"):
+    with pytest.raises(EngineError, match="the (AR|DIT) stage could not start: FileNotFoundError: no model here"):
         list(run_engine(requests, FakeLoader(str(tmp_path), broken=True)))
 
 
