@@ -80,6 +80,8 @@ def _generate(args: argparse.Namespace) -> int:
     for path, _ in adapters:
         if not (Path(path) / ADAPTER_CONFIG).is_file():
             raise FileNotFoundError(f"--lora {path} is not a PEFT adapter folder: it has no {ADAPTER_CONFIG}")
+    if len(args.prompt) > 1 and args.overlap:
+        return _generate_overlapped(args, paths, adapters)
     device = setup_runtime(args.device)
     pipe = GlmImagePipeline.from_pretrained(args.model, dtype=default_compute_dtype(device), lora=adapters)
     for source, scale, component in pipe.adapters:
@@ -96,6 +98,38 @@ def _generate(args: argparse.Namespace) -> int:
         print(f"wrote {path}")
     print(out.timings.summary())
     return 0
+
+
+def _generate_overlapped(args: argparse.Namespace, paths: list[Path], adapters: list) -> int:
+    """Several prompts through the stage-overlap engine: prompt i's AR runs while earlier prompts denoise.
+    Same seeds (``--seed`` + i) and so the same images as one pipeline call; every prompt gets the --image
+    references. A prompt that fails is reported; the others are still written."""
+    from .atomic import save_image_atomic
+    from .generation.sampling import SamplingConfig
+    from .pipeline.engine import EngineConfig, GenerationRequest, PipelineLoader, run_engine
+
+    n = args.num_images
+    requests = [GenerationRequest(str(i), prompt, args.seed + i, args.height, args.width, args.steps, args.guidance,
+                                  tuple(args.image), n) for i, prompt in enumerate(args.prompt)]
+    sampling = ({"do_sample": False} if args.greedy else
+                {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k})
+    SamplingConfig(**{k: v for k, v in sampling.items() if v is not None})  # bad values fail before any work
+    loader = PipelineLoader(args.model, args.device, tuple(adapters))
+    written = set()
+    for result in run_engine(requests, loader, EngineConfig(), args.device, sampling):
+        i = int(result.request.key)
+        if result.error is not None:
+            print(f"error: --prompt {i} ({result.request.prompt[:60]!r}): {result.error}", file=sys.stderr)
+            continue
+        for path, image in zip(paths[i * n:(i + 1) * n], result.images):
+            save_image_atomic(image, path)
+            print(f"wrote {path}")
+        print(f"prompt {i}: {result.timings.summary()}")
+        written.add(i)
+    missing = sorted(set(range(len(requests))) - written)
+    if missing:
+        print(f"error: --prompt {', '.join(map(str, missing))} not generated (see above)", file=sys.stderr)
+    return 1 if missing else 0
 
 
 def output_paths(out: Path, count: int) -> list[Path]:
@@ -238,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out.png", help="image path, format from the extension: .png, .jpg, .webp ... "
                    "(several images: out-0.png, out-1.png, ...)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=True,
+                   help="several prompts: run the AR stage of later prompts while earlier ones denoise (stage "
+                        "workers, see README); every prompt gets the --image references")
     p.set_defaults(func=_generate)
     p = sub.add_parser("convert", help="convert a whole model folder between Hugging Face and MindSpore layouts",
                        formatter_class=defaults)

@@ -2,7 +2,8 @@
 
     # one process (CPU or one NPU)
     python scripts/batch_generate.py --config configs/jobs/batch_tiny.json
-    # 8 NPUs of one Atlas 800T A2 (each worker takes every 8th prompt; rerun to resume)
+    # 8 NPUs of one Atlas 800T A2 (each worker takes every 8th prompt; rerun to resume; with overlap, each
+    # rank overlaps its AR and DiT stages on its NPU's streams)
     msrun --worker_num=8 --local_worker_num=8 --master_port=8118 --log_dir=logs --join=True \\
         scripts/batch_generate.py --config configs/jobs/batch.json --model /data/GLM-Image --prompts prompts.jsonl
 """
@@ -34,13 +35,12 @@ def _run(argv: list[str] | None) -> int:
     if not items:
         raise ValueError(f"{cfg.prompts}: no usable item (see the warnings above)")
 
-    from mindglm_image.pipeline.glm_image_pipeline import GlmImagePipeline
-    from mindglm_image.runtime import default_compute_dtype, setup_runtime
+    from mindglm_image.runtime import setup_runtime
 
-    device = setup_runtime(cfg.device)  # msrun gives each worker its device; init() follows set_device
+    setup_runtime(cfg.device)  # msrun gives each worker its device; init() follows set_device
     rank, world = distributed_rank()
-    pipe = GlmImagePipeline.from_pretrained(cfg.model, dtype=default_compute_dtype(device))
-    print(json.dumps(run_batch(cfg, pipe, rank, world, items=items)), flush=True)
+    # the model loads in run_batch: in this process (overlap false) or in the engine's stage workers
+    print(json.dumps(run_batch(cfg, rank=rank, world=world, items=items)), flush=True)
     return 0
 
 

@@ -1,4 +1,7 @@
-"""Batch generation job: prompt files, sharding by rank, resumability, and a real msrun run on CPU."""
+"""Batch generation job: prompt files, sharding by rank, resumability, and a real msrun run on CPU.
+
+The in-process tests run the sequential path (``overlap: false``) on a loaded pipeline; the msrun run uses
+the default, the stage-overlap engine (tests/test_generation_engine.py tests it in depth)."""
 from __future__ import annotations
 
 import json
@@ -37,7 +40,7 @@ def _job(tmp_path, tiny, out="out", **kw) -> BatchJobConfig:
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("\n".join(PROMPTS) + "\n")
     return BatchJobConfig.from_dict({"model": str(tiny), "prompts": str(prompts), "out_dir": str(tmp_path / out),
-                                     "height": 64, "width": 64, "steps": 2, "base_seed": 100, **kw})
+                                     "height": 64, "width": 64, "steps": 2, "base_seed": 100, "overlap": False, **kw})
 
 
 def test_item_identities_do_not_depend_on_line_numbers(tmp_path):

@@ -19,6 +19,11 @@ Batch invariance: an image depends on its item only, whatever ``batch_size`` and
 draws each item's noise and AR samples from its own seed and masks the zero padding of a batch's glyph
 embeddings in the DiT (the reference attends to it), so rebatching or resharding gives the same images
 (up to float rounding of batched matmuls, ~1e-6).
+
+Overlap (``overlap: true``, the default): items go through the stage-overlap engine (``pipeline/engine.py``):
+the AR stage decodes up to ``max_ar_batch`` items of one grid size together while the DiT + VAE stage works
+on earlier items one at a time; same images, same records, same claims and resume as without it. Items are
+claimed as the engine pulls them, so two runs on one folder still share the work.
 """
 from __future__ import annotations
 
@@ -58,7 +63,14 @@ class BatchJobConfig(HFConfig):
     steps: int = 50                     # denoising steps
     guidance_scale: float = 1.5         # classifier-free guidance (1 disables it)
     base_seed: int = 0                  # seeds of items without one derive from it and the item's content
-    batch_size: int = 1                 # text-to-image items generated together
+    batch_size: int = 1                 # text-to-image items generated together (overlap false)
+    overlap: bool = True                # AR and DiT + VAE stages run concurrently (pipeline/engine.py)
+    max_ar_batch: int = 8               # overlap: items of one grid size decoded together by the AR stage
+    prior_queue: int = 2                # overlap: AR results waiting for the DiT stage (the AR stage blocks when full)
+    engine_mode: str = "auto"           # overlap: processes (CPU, several NPUs), streams (one NPU) or auto
+    ar_workers: int = 1                 # overlap, processes: AR stage processes (one NPU each on Ascend)
+    dit_workers: int = 1                # overlap, processes: DiT + VAE stage processes (one NPU each on Ascend)
+    device_ids: list = dataclasses.field(default_factory=list)  # overlap, processes on NPUs: AR workers' first
     device: str | None = None           # CPU or Ascend (default: $MINDGLM_DEVICE or CPU)
     stale_claim_seconds: float = 6 * 3600.0  # a claim of another host this old is taken over
 
@@ -68,8 +80,13 @@ class BatchJobConfig(HFConfig):
         if self.extra:
             raise ConfigError(f"unknown job setting(s) {sorted(self.extra)}; known: "
                               f"{[f.name for f in dataclasses.fields(self) if f.name != 'extra']}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size={self.batch_size} must be at least 1")
+        for name in ("batch_size", "max_ar_batch", "prior_queue"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be at least 1")
+        try:
+            self.engine_config().validate()
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         if self.steps < 1:
             raise ConfigError(f"steps={self.steps} must be at least 1")
         if not (math.isfinite(self.guidance_scale) and self.guidance_scale >= 0):
@@ -83,6 +100,13 @@ class BatchJobConfig(HFConfig):
         for name in ("model", "prompts"):
             if not getattr(self, name):
                 raise ConfigError(f"the job needs '{name}' (set it in the job config or pass --{name.replace('_', '-')})")
+
+    def engine_config(self):
+        """The stage-overlap engine's settings of this job."""
+        from ..pipeline.engine import EngineConfig
+
+        return EngineConfig(mode=self.engine_mode, max_ar_batch=self.max_ar_batch, queue_size=self.prior_queue,
+                            ar_workers=self.ar_workers, dit_workers=self.dit_workers, device_ids=tuple(self.device_ids))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,10 +284,13 @@ class Claims:
         path.unlink(missing_ok=True)
 
 
-def run_batch(cfg: BatchJobConfig, pipe, rank: int = 0, world: int = 1, progress: bool = True,
+def run_batch(cfg: BatchJobConfig, pipe=None, rank: int = 0, world: int = 1, progress: bool = True,
               items: list[JobItem] | None = None) -> dict:
-    """Generate this rank's pending items; returns counts. ``pipe`` is a loaded ``GlmImagePipeline``;
-    ``items`` (from ``read_items``) defaults to the prompts file's."""
+    """Generate this rank's pending items; returns counts. ``pipe``: a loaded ``GlmImagePipeline`` for
+    ``overlap: false`` (loaded here if None; the engine's stage workers load their own); ``items`` (from
+    ``read_items``) defaults to the prompts file's."""
+    from ..pipeline.engine import GenerationRequest, PipelineLoader, run_engine
+
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if items is None:
@@ -278,6 +305,34 @@ def run_batch(cfg: BatchJobConfig, pipe, rank: int = 0, world: int = 1, progress
     counts = {"rank": rank, "world": world, "assigned": len(mine), "generated": 0, "skipped": len(mine) - len(todo),
               "claimed_elsewhere": 0, "failed": []}
     bar = tqdm(total=len(todo), desc=f"rank {rank}/{world}", unit="img", disable=not progress)
+    loader = PipelineLoader(cfg.model, cfg.device)
+
+    def claimed() -> Iterator[JobItem]:
+        """Pending items, each claimed as it is taken."""
+        for item in todo:
+            if not claims.acquire(item.id):
+                counts["claimed_elsewhere"] += 1  # another run is computing it
+                bar.update(1)
+            elif is_done(item, out_dir, settings[item.id]):  # another run finished it since this one looked
+                claims.release(item.id)
+                counts["skipped"] += 1
+                bar.update(1)
+            else:
+                yield item
+
+    def fail(item: JobItem, err) -> None:
+        print(f"error: item {item.id} (line {item.line}): {err}; skipped", file=sys.stderr)
+        counts["failed"].append(item.id)
+        claims.release(item.id)
+        bar.update(1)
+
+    def save(item: JobItem, image, timings) -> None:
+        save_image_atomic(image, out_dir / f"{item.id}.png")
+        write_json_atomic(out_dir / f"{item.id}.json", {
+            "id": item.id, "settings": settings[item.id], "rank": rank, "timings": dataclasses.asdict(timings)})
+        claims.release(item.id)
+        counts["generated"] += 1
+        bar.update(1)
 
     def run(group: list[JobItem]) -> None:
         try:
@@ -289,37 +344,31 @@ def run_batch(cfg: BatchJobConfig, pipe, rank: int = 0, world: int = 1, progress
                 for item in group:
                     run([item])
                 return
-            print(f"error: item {group[0].id} (line {group[0].line}): {err}; skipped", file=sys.stderr)
-            counts["failed"].append(group[0].id)
-            claims.release(group[0].id)
-            bar.update(1)
+            fail(group[0], err)
             return
         for item, image in zip(group, out.images):
-            save_image_atomic(image, out_dir / f"{item.id}.png")
-            write_json_atomic(out_dir / f"{item.id}.json", {
-                "id": item.id, "settings": settings[item.id], "rank": rank, "timings": dataclasses.asdict(out.timings)})
-            claims.release(item.id)
-        counts["generated"] += len(group)
-        bar.update(len(group))
+            save(item, image, out.timings)
 
-    group: list[JobItem] = []
     try:
-        for item in todo:
-            if not claims.acquire(item.id):
-                counts["claimed_elsewhere"] += 1  # another run is computing it
-                bar.update(1)
-                continue
-            if is_done(item, out_dir, settings[item.id]):  # another run finished it since this one looked
-                claims.release(item.id)
-                counts["skipped"] += 1
-                bar.update(1)
-                continue
-            if group and (item.images or group[0].images or len(group) >= cfg.batch_size):
-                run(group)  # text-to-image items are batched together; image-to-image items run one by one
-                group = []
-            group.append(item)
-        if group:
-            run(group)
+        if cfg.overlap:
+            by_id = {item.id: item for item in todo}
+            requests = (GenerationRequest(item.id, item.prompt, item.seed, cfg.height, cfg.width, cfg.steps,
+                                          cfg.guidance_scale, item.images) for item in claimed())
+            for result in run_engine(requests, loader, cfg.engine_config(), cfg.device):
+                if result.error is None:
+                    save(by_id[result.request.key], result.images[0], result.timings)
+                else:
+                    fail(by_id[result.request.key], result.error)
+        else:
+            pipe = pipe or loader(None)
+            group: list[JobItem] = []
+            for item in claimed():
+                if group and (item.images or group[0].images or len(group) >= cfg.batch_size):
+                    run(group)  # text-to-image items are batched together; image-to-image items run one by one
+                    group = []
+                group.append(item)
+            if group:
+                run(group)
     finally:
         for item in todo:  # claims of items this run did not finish (an error, an interrupt)
             claims.release(item.id, only_if_mine=True)
