@@ -11,6 +11,8 @@ import mindspore as ms
 import numpy as np
 from mindspore import mint, ops
 
+from .broadcast import broadcast_like
+
 MASKED = float(np.finfo(np.float32).min)  # additive bias of a key that must not be attended
 
 
@@ -28,7 +30,7 @@ def attention(query, key, value, scale: float, bias=None):
         if bias is not None:
             bias = bias.expand_dims(2)  # (B, 1, S, K) -> (B, 1, 1, S, K): one bias for every query head
     if bias is not None:
-        scores = scores + bias
+        scores = scores + broadcast_like(bias, scores)
     probs = mint.nn.functional.softmax(scores, -1).astype(value.dtype)
     if groups > 1:
         probs = probs.reshape(batch, kv_heads, groups * seq, keys)

@@ -24,6 +24,7 @@ from mindspore import Tensor, mint, nn, ops
 from ...config.dit import GlmImageTransformerConfig
 from ...ops import resolve
 from ...ops.attention import MASKED
+from ...ops.broadcast import broadcast_like
 from ..layers import Embedding, Linear
 from .rotary import rotary_tables
 
@@ -221,7 +222,8 @@ class GlmImageTransformerBlock(nn.Cell):
 
     def _feed_forward(self, x, shift_mlp, scale_mlp, gate_mlp):
         """x + gate_mlp * FF(adaLN(x; shift_mlp, scale_mlp))."""
-        return x + self.ff(self.ada_layer_norm(x, shift_mlp, scale_mlp, _NORM_EPS)) * gate_mlp.unsqueeze(1)
+        out = self.ff(self.ada_layer_norm(x, shift_mlp, scale_mlp, _NORM_EPS))
+        return x + out * broadcast_like(gate_mlp.unsqueeze(1), out)
 
     def construct(self, hidden_states, encoder_hidden_states, temb, rope_cos, rope_sin, cache_key, cache_value,
                   text_bias=None):
@@ -238,11 +240,12 @@ class GlmImageTransformerBlock(nn.Cell):
         # 3. joint attention, gated residual
         attn_hidden_states, attn_encoder_hidden_states, key, value = self.attn1(
             norm_hidden_states, norm_encoder_hidden_states, rope_cos, rope_sin, cache_key, cache_value, text_bias)
-        hidden_states = hidden_states + attn_hidden_states * gate_msa.unsqueeze(1)
+        hidden_states = hidden_states + attn_hidden_states * broadcast_like(gate_msa.unsqueeze(1), attn_hidden_states)
         # 4. modulated feed-forward, gated residual
         hidden_states = self._feed_forward(hidden_states, shift_mlp, scale_mlp, gate_mlp)
         if encoder_hidden_states is not None:
-            encoder_hidden_states = encoder_hidden_states + attn_encoder_hidden_states * c_gate_msa.unsqueeze(1)
+            encoder_hidden_states = encoder_hidden_states + attn_encoder_hidden_states * broadcast_like(
+                c_gate_msa.unsqueeze(1), attn_encoder_hidden_states)
             encoder_hidden_states = self._feed_forward(encoder_hidden_states, c_shift_mlp, c_scale_mlp, c_gate_mlp)
         return hidden_states, encoder_hidden_states, key, value
 
@@ -309,7 +312,7 @@ class GlmImageTransformer2DModel(nn.Cell):
         p = self.patch_size
         x = self.image_projector(hidden_states.astype(self.compute_dtype))
         prior = self.prior_token_embedding(prior_token_id)
-        prior = prior * mint.logical_not(prior_token_drop).astype(prior.dtype).unsqueeze(-1)
+        prior = prior * broadcast_like(mint.logical_not(prior_token_drop).astype(prior.dtype).unsqueeze(-1), prior)
         x = x + self.prior_projector(prior)
         text = None
         if encoder_hidden_states is not None:
