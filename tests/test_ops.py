@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from mindspore import Tensor, nn
 
-from mindglm_image.ops import adamw_ema, ascendc, attention, cpu_twins, gated_activation, layer_norm, registry, rms_norm, rotary
+from mindglm_image.ops import (adamw_ema, ascendc, attention, cpu_twins, gated_activation, layer_norm, linear, registry,
+                                rms_norm, rotary)
 from mindglm_image.ops.attention import MASKED
 
 # operator -> (Ascend implementation, the MindSpore built-in it calls)
@@ -23,6 +24,7 @@ ASCEND = {
     "ada_layer_norm": (layer_norm.ada_layer_norm_ascend, ()),
     "rotary": (rotary.apply_rotary_ascend, ("rotary_position_embedding",)),
     "swiglu": (gated_activation.swiglu_ascend, ("swiglu",)),
+    "linear": (linear.linear_ascend, ()),
 }
 
 
@@ -51,7 +53,7 @@ def test_cpu_fused_resolution():
     kinds = {op: registry.kind_of(op, "CPU", "fused") for op in ASCEND}
     assert kinds == {"attention": "cpu_twin", "rms_norm": "cpu_twin", "add_rms_norm": "cpu_twin",
                      "ada_layer_norm": "cpu_twin", "layer_norm": "composite", "rotary": "composite",
-                     "swiglu": "composite"}
+                     "swiglu": "composite", "linear": "composite"}
 
 
 def test_missing_compiler_falls_back(monkeypatch, tmp_path, caplog):
