@@ -25,6 +25,7 @@ from ...config.dit import GlmImageTransformerConfig
 from ...ops import resolve
 from ...ops.attention import MASKED
 from ...ops.broadcast import broadcast_like
+from ...ops.layout import heads_first, heads_last_flat
 from ..layers import Embedding, Linear
 from .rotary import rotary_tables
 
@@ -147,6 +148,7 @@ class GlmImageAttention(nn.Cell):
         self.layer_norm = resolve("layer_norm").fn
         self.rotary = resolve("rotary").fn
         self.attention = resolve("attention").fn
+        self.per_head_slices = ms.get_context("device_target") == "CPU"  # see ops/layout.py
 
     def _rotate_image_tokens(self, x, n_text: int, rope_cos, rope_sin):
         """Rotary on the image tokens of (B, S, H, d); the first ``n_text`` (glyph) tokens pass unrotated."""
@@ -180,9 +182,10 @@ class GlmImageAttention(nn.Cell):
                 bias = mint.cat((mint.zeros((b, cache_key.shape[1]), dtype=ms.float32), bias), 1)
             bias = bias.reshape(b, 1, 1, -1)
         # 3. attention (BNSD), output projection, split back into the two streams
-        out = self.attention(query.permute(0, 2, 1, 3), all_keys.permute(0, 2, 1, 3), all_values.permute(0, 2, 1, 3),
+        split = self.per_head_slices
+        out = self.attention(heads_first(query, split), heads_first(all_keys, split), heads_first(all_values, split),
                              self.scale, bias)
-        out = self.to_out[0](out.permute(0, 2, 1, 3).reshape(b, -1, self.heads * self.head_dim))
+        out = self.to_out[0](heads_last_flat(out, split))
         if encoder_hidden_states is None:
             return out, None, key, value
         return out[:, n_text:], out[:, :n_text], key, value
