@@ -14,6 +14,7 @@ from mindspore import mint, ops
 from .broadcast import broadcast_like
 
 MASKED = float(np.finfo(np.float32).min)  # additive bias of a key that must not be attended
+_MATMUL_KT = ops.BatchMatMul(transpose_b=True)
 
 
 def attention(query, key, value, scale: float, bias=None):
@@ -24,7 +25,8 @@ def attention(query, key, value, scale: float, bias=None):
     if groups > 1:
         # fold the query groups into rows of their KV head instead of repeating K/V (no cache copy per step)
         query = query.reshape(batch, kv_heads, groups * seq, head_dim)
-    scores = (mint.matmul(query, key.swapaxes(-1, -2)).astype(ms.float32) * scale)
+    # q k^T with the transpose inside the matmul: a Transpose kernel would keep an index per element (ops/layout.py)
+    scores = _MATMUL_KT(query, key).astype(ms.float32) * scale
     if groups > 1:
         scores = scores.reshape(batch, kv_heads, groups, seq, keys)
         if bias is not None:
