@@ -2,8 +2,8 @@
 
 MindSpore 2.10's CPU kernels for broadcasting binary ops (Add, Sub, Mul, ... on operands of different
 shapes) build two 8-byte index tables of the output's size when a graph is compiled and keep them as long
-as the graph lives: 16 bytes per output element, 63 MB for one add on a 4M-element activation, ~2.3 GB
-for one 512 px graph of a 4-block, 1024-wide DiT (scripts/bench_memory.py). ``BroadcastTo`` followed
+as the graph lives: 16 bytes per output element, 64 MB for one add on a 4M-element activation; they were
+most of a 512 px DiT graph's memory (README, Memory of one generation). ``BroadcastTo`` followed
 by a same-shape op computes the same values (element-wise, bit for bit) with no such tables: its output
 is an ordinary pooled buffer, freed when consumed. So every broadcasting op whose output is activation
 sized broadcasts its small operand with ``broadcast_like`` first; the cost elsewhere is one extra copy of it.
