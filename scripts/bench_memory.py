@@ -2,8 +2,8 @@
 
 Writes a model with make-tiny's layout and mid-size widths (AR hidden 1024 x 4 layers, DiT 8 heads x 128 x
 4 blocks; the other parts tiny), runs one 512 x 512 text-to-image generation in a fresh process per side
-and prints the RSS after each stage (``VmRSS`` now, ``VmHWM`` peak so far), so the stage that grows memory
-shows. A watchdog ends a side that passes ``--limit-gb`` (the machine is shared).
+and prints the RSS after each stage (load, AR prior, denoising loop, VAE decode; ``VmRSS`` now, ``VmHWM`` peak
+so far), so the stage that grows memory shows. A watchdog ends a side that passes ``--limit-gb`` (the machine is shared).
 
     .venv/bin/python scripts/bench_memory.py --steps 4
 """
@@ -81,9 +81,22 @@ def run_ours(model: Path, height: int, width: int, steps: int) -> dict:
     stages["load"] = stage_rss()
     prior = pipe.generate_prior([PROMPT], height, width, SamplingConfig(do_sample=False), progress=False)
     stages["ar"] = stage_rss()
+    record_before(pipe.vae, "decode", stages, "denoise")
     pipe(PROMPT, height=height, width=width, num_inference_steps=steps, prior_token_ids=prior.prior_ids, progress=False)
-    stages["denoise+decode"] = stage_rss()
+    stages["decode"] = stage_rss()
     return stages
+
+
+def record_before(owner, method: str, stages: dict, name: str) -> None:
+    """Wrap ``owner.method`` so that ``stages[name]`` records the RSS when it is first called (the end of
+    the stage before it: the denoising loop ends where the VAE decode starts)."""
+    original = getattr(owner, method)
+
+    def wrapped(*args, **kwargs):
+        stages.setdefault(name, stage_rss())
+        return original(*args, **kwargs)
+
+    setattr(owner, method, wrapped)
 
 
 def main() -> None:

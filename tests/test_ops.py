@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from mindspore import Tensor, nn
 
-from mindglm_image.ops import adamw_ema, ascendc, attention, conv2d, cpu_twins, gated_activation, layer_norm, registry, rms_norm, rotary
+from mindglm_image.ops import (adamw_ema, ascendc, attention, conv2d, cpu_twins, gated_activation, layer_norm, linear,
+                                registry, rms_norm, rotary)
 from mindglm_image.ops.attention import MASKED
 
 # operator -> (Ascend implementation, the MindSpore built-in it calls)
@@ -24,6 +25,7 @@ ASCEND = {
     "ada_layer_norm": (layer_norm.ada_layer_norm_ascend, ()),
     "rotary": (rotary.apply_rotary_ascend, ("rotary_position_embedding",)),
     "swiglu": (gated_activation.swiglu_ascend, ("swiglu",)),
+    "linear": (linear.linear_ascend, ()),
 }
 
 
@@ -52,7 +54,7 @@ def test_cpu_fused_resolution():
     kinds = {op: registry.kind_of(op, "CPU", "fused") for op in ASCEND}
     assert kinds == {"attention": "cpu_twin", "conv2d": "composite", "rms_norm": "cpu_twin", "add_rms_norm": "cpu_twin",
                      "ada_layer_norm": "cpu_twin", "layer_norm": "composite", "rotary": "composite",
-                     "swiglu": "composite"}
+                     "swiglu": "composite", "linear": "composite"}
 
 
 def test_missing_compiler_falls_back(monkeypatch, tmp_path, caplog):
@@ -242,3 +244,24 @@ def test_model_cells_take_the_twins(monkeypatch):
     assert isinstance(block.ada_layer_norm, cpu_twins.AdaLayerNormTwin)
     monkeypatch.setenv("MINDGLM_KERNELS", "composite")
     assert GlmImageTransformerBlock(16, 2, 8, 8).attn1.attention is attention.attention
+
+
+def test_memory_lean_forms_are_bit_exact():
+    """The CPU forms that keep no per-element index tables in a compiled graph (bias added as a same-shape
+    operand, head axis moved by per-head slices) give exactly the fused linear and the plain permutes."""
+    from mindglm_image.ops.layout import heads_first, heads_last_flat
+
+    rng = np.random.default_rng(3)
+    x = Tensor(rng.standard_normal((2, 33, 64)).astype(np.float32))
+    weight = Tensor(rng.standard_normal((96, 64)).astype(np.float32))
+    bias = Tensor(rng.standard_normal(96).astype(np.float32))
+    lean = _Apply(linear.linear)(x, weight, bias).asnumpy()
+    np.testing.assert_array_equal(lean, _Apply(linear.linear_ascend)(x, weight, bias).asnumpy())
+    np.testing.assert_allclose(lean, x.asnumpy() @ weight.asnumpy().T + bias.asnumpy(), rtol=1e-5, atol=1e-5)
+    heads = Tensor(rng.standard_normal((2, 5, 4, 8)).astype(np.float32))  # (B, S, H, d)
+    first = _Apply(heads_first, True)(heads).asnumpy()
+    np.testing.assert_array_equal(first, heads.asnumpy().transpose(0, 2, 1, 3))
+    np.testing.assert_array_equal(first, _Apply(heads_first, False)(heads).asnumpy())
+    flat = _Apply(heads_last_flat, True)(Tensor(first)).asnumpy()
+    np.testing.assert_array_equal(flat, heads.asnumpy().reshape(2, 5, 32))
+    np.testing.assert_array_equal(flat, _Apply(heads_last_flat, False)(Tensor(first)).asnumpy())

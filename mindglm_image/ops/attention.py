@@ -11,7 +11,10 @@ import mindspore as ms
 import numpy as np
 from mindspore import mint, ops
 
+from .broadcast import broadcast_like
+
 MASKED = float(np.finfo(np.float32).min)  # additive bias of a key that must not be attended
+_MATMUL_KT = ops.BatchMatMul(transpose_b=True)
 
 
 def attention(query, key, value, scale: float, bias=None):
@@ -22,13 +25,14 @@ def attention(query, key, value, scale: float, bias=None):
     if groups > 1:
         # fold the query groups into rows of their KV head instead of repeating K/V (no cache copy per step)
         query = query.reshape(batch, kv_heads, groups * seq, head_dim)
-    scores = (mint.matmul(query, key.swapaxes(-1, -2)).astype(ms.float32) * scale)
+    # q k^T with the transpose inside the matmul: a Transpose kernel would keep an index per element (ops/layout.py)
+    scores = _MATMUL_KT(query, key).astype(ms.float32) * scale
     if groups > 1:
         scores = scores.reshape(batch, kv_heads, groups, seq, keys)
         if bias is not None:
             bias = bias.expand_dims(2)  # (B, 1, S, K) -> (B, 1, 1, S, K): one bias for every query head
     if bias is not None:
-        scores = scores + bias
+        scores = scores + broadcast_like(bias, scores)
     probs = mint.nn.functional.softmax(scores, -1).astype(value.dtype)
     if groups > 1:
         probs = probs.reshape(batch, kv_heads, groups * seq, keys)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import mindspore as ms
 from mindspore import mint, ops
 
+from .broadcast import broadcast_like
+
 
 def layer_norm(x, eps: float, weight=None, bias=None):
     """Normalise over the last axis in fp32, optional affine in fp32, cast back.
@@ -11,18 +13,19 @@ def layer_norm(x, eps: float, weight=None, bias=None):
     Written with elementary ops: mint's fused layer norm has no CPU kernel in MindSpore 2.10.
     """
     h = x.astype(ms.float32)
-    h = h - mint.mean(h, -1, keepdim=True)
-    h = h * ops.rsqrt(mint.mean(h * h, -1, keepdim=True) + eps)
+    h = h - broadcast_like(mint.mean(h, -1, keepdim=True), h)
+    h = h * broadcast_like(ops.rsqrt(mint.mean(h * h, -1, keepdim=True) + eps), h)
     if weight is not None:
-        h = h * weight.astype(ms.float32)
+        h = h * broadcast_like(weight.astype(ms.float32), h)
     if bias is not None:
-        h = h + bias.astype(ms.float32)
+        h = h + broadcast_like(bias.astype(ms.float32), h)
     return h.astype(x.dtype)
 
 
 def ada_layer_norm(x, shift, scale, eps: float):
     """adaLN: LayerNorm(x) * (1 + scale) + shift, per-sample (B, D) shift/scale over the sequence of (B, S, D)."""
-    return layer_norm(x, eps) * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+    h = layer_norm(x, eps)
+    return h * broadcast_like(1 + scale.unsqueeze(1), h) + broadcast_like(shift.unsqueeze(1), h)
 
 
 def layer_norm_ascend(x, eps: float, weight=None, bias=None):

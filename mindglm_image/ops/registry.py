@@ -17,7 +17,7 @@ from typing import Callable
 
 import mindspore as ms
 
-from . import adamw_ema, ascendc, attention, conv2d, cpu_twins, gated_activation, layer_norm, rms_norm, rotary
+from . import adamw_ema, ascendc, attention, conv2d, cpu_twins, gated_activation, layer_norm, linear, rms_norm, rotary
 
 KERNEL_MODES = ("composite", "fused")
 _ENV = "MINDGLM_KERNELS"
@@ -38,6 +38,7 @@ class Implementation:
 _OPS: dict[str, tuple[Callable, Callable | None]] = {
     "attention": (attention.attention, attention.attention_ascend),
     "conv2d": (conv2d.conv2d, conv2d.conv2d_ascend),
+    "linear": (linear.linear, linear.linear_ascend),
     "rms_norm": (rms_norm.rms_norm, rms_norm.rms_norm_ascend),
     "add_rms_norm": (rms_norm.add_rms_norm, rms_norm.add_rms_norm_ascend),
     "layer_norm": (layer_norm.layer_norm, layer_norm.layer_norm_ascend),

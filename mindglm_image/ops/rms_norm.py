@@ -4,13 +4,16 @@ from __future__ import annotations
 import mindspore as ms
 from mindspore import mint, ops
 
+from .broadcast import broadcast_like
+
 
 def rms_norm(x, weight, eps: float):
     """x / rms(x) in fp32, cast back to the input dtype before the weight multiply (as the reference)."""
     dtype = x.dtype
     h = x.astype(ms.float32)
-    h = h * ops.rsqrt(mint.mean(h * h, -1, keepdim=True) + eps)
-    return weight * h.astype(dtype)
+    h = h * broadcast_like(ops.rsqrt(mint.mean(h * h, -1, keepdim=True) + eps), h)
+    h = h.astype(dtype)
+    return broadcast_like(weight, h) * h
 
 
 def add_rms_norm(x, residual, weight, eps: float):

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from mindspore import mint, ops
 
+from .broadcast import broadcast_like
+
 
 def _rotate(x, cos, sin):
     x = x.astype(cos.dtype)
     x1, x2 = mint.chunk(x, 2, -1)
-    return x * cos + mint.cat((-x2, x1), -1) * sin
+    return x * broadcast_like(cos, x) + mint.cat((-x2, x1), -1) * broadcast_like(sin, x)
 
 
 def apply_rotary(x, cos, sin):

@@ -88,6 +88,7 @@ class LoraLinear(nn.Cell):
         dtype = base.weight.dtype
         self.weight = base.weight
         self.bias = base.bias
+        self.linear = base.linear
         self.lora_A = Linear(in_features, r, bias=False, dtype=dtype)
         self.lora_B = Linear(r, out_features, bias=False, dtype=dtype)
         # PEFT's initialisation: A kaiming-uniform (a=sqrt(5), torch.nn.Linear's default), B zero
@@ -100,7 +101,7 @@ class LoraLinear(nn.Cell):
         self.dropout = mint.nn.Dropout(dropout) if dropout > 0 else None
 
     def construct(self, x):
-        y = mint.nn.functional.linear(x, self.weight, self.bias)
+        y = self.linear(x, self.weight, self.bias)
         h = x if self.dropout is None else self.dropout(x)
         return y + self.lora_B(self.lora_A(h)) * (self.lora_gate * self.scaling)
 

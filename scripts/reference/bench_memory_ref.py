@@ -8,7 +8,7 @@ from pathlib import Path
 
 model, height, width, steps, limit = sys.argv[1], *map(int, sys.argv[2:5]), float(sys.argv[5])
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_memory import PROMPT, stage_rss, start_watchdog  # noqa: E402
+from bench_memory import PROMPT, record_before, stage_rss, start_watchdog  # noqa: E402
 
 start_watchdog(limit)
 stages = {"start": stage_rss()}
@@ -23,6 +23,7 @@ with torch.no_grad():
     prior, _, _ = pipe.generate_prior_tokens(prompt=PROMPT, height=height, width=width, image=None,
                                              device=torch.device("cpu"))
     stages["ar"] = stage_rss()
+    record_before(pipe.vae, "decode", stages, "denoise")
     pipe(prompt=PROMPT, height=height, width=width, num_inference_steps=steps, prior_token_ids=prior)
-stages["denoise+decode"] = stage_rss()
+stages["decode"] = stage_rss()
 print(json.dumps(stages))

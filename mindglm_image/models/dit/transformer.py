@@ -26,6 +26,8 @@ from ...config.dit import GlmImageTransformerConfig
 from ...graph_inputs import graph_input
 from ...ops import resolve
 from ...ops.attention import MASKED
+from ...ops.broadcast import broadcast_like
+from ...ops.layout import heads_first, heads_last_flat
 from ..layers import Embedding, Linear
 from .rotary import rotary_tables
 
@@ -148,6 +150,7 @@ class GlmImageAttention(nn.Cell):
         self.layer_norm = resolve("layer_norm").fn
         self.rotary = resolve("rotary").fn
         self.attention = resolve("attention").fn
+        self.per_head_slices = ms.get_context("device_target") == "CPU"  # see ops/layout.py
 
     def _rotate_image_tokens(self, x, n_text: int, rope_cos, rope_sin):
         """Rotary on the image tokens of (B, S, H, d); the first ``n_text`` (glyph) tokens pass unrotated."""
@@ -186,9 +189,10 @@ class GlmImageAttention(nn.Cell):
         if bias is not None:
             bias = bias.reshape(b, 1, 1, -1)
         # 3. attention (BNSD), output projection, split back into the two streams
-        out = self.attention(query.permute(0, 2, 1, 3), all_keys.permute(0, 2, 1, 3), all_values.permute(0, 2, 1, 3),
+        split = self.per_head_slices
+        out = self.attention(heads_first(query, split), heads_first(all_keys, split), heads_first(all_values, split),
                              self.scale, bias)
-        out = self.to_out[0](out.permute(0, 2, 1, 3).reshape(b, -1, self.heads * self.head_dim))
+        out = self.to_out[0](heads_last_flat(out, split))
         if encoder_hidden_states is None:
             return out, None, key, value
         return out[:, n_text:], out[:, :n_text], key, value
@@ -228,7 +232,8 @@ class GlmImageTransformerBlock(nn.Cell):
 
     def _feed_forward(self, x, shift_mlp, scale_mlp, gate_mlp):
         """x + gate_mlp * FF(adaLN(x; shift_mlp, scale_mlp))."""
-        return x + self.ff(self.ada_layer_norm(x, shift_mlp, scale_mlp, _NORM_EPS)) * gate_mlp.unsqueeze(1)
+        out = self.ff(self.ada_layer_norm(x, shift_mlp, scale_mlp, _NORM_EPS))
+        return x + out * broadcast_like(gate_mlp.unsqueeze(1), out)
 
     def construct(self, hidden_states, encoder_hidden_states, temb, rope_cos, rope_sin, cache_key, cache_value,
                   text_bias=None, cache_bias=None):
@@ -246,11 +251,12 @@ class GlmImageTransformerBlock(nn.Cell):
         attn_hidden_states, attn_encoder_hidden_states, key, value = self.attn1(
             norm_hidden_states, norm_encoder_hidden_states, rope_cos, rope_sin, cache_key, cache_value, text_bias,
             cache_bias)
-        hidden_states = hidden_states + attn_hidden_states * gate_msa.unsqueeze(1)
+        hidden_states = hidden_states + attn_hidden_states * broadcast_like(gate_msa.unsqueeze(1), attn_hidden_states)
         # 4. modulated feed-forward, gated residual
         hidden_states = self._feed_forward(hidden_states, shift_mlp, scale_mlp, gate_mlp)
         if encoder_hidden_states is not None:
-            encoder_hidden_states = encoder_hidden_states + attn_encoder_hidden_states * c_gate_msa.unsqueeze(1)
+            encoder_hidden_states = encoder_hidden_states + attn_encoder_hidden_states * broadcast_like(
+                c_gate_msa.unsqueeze(1), attn_encoder_hidden_states)
             encoder_hidden_states = self._feed_forward(encoder_hidden_states, c_shift_mlp, c_scale_mlp, c_gate_mlp)
         return hidden_states, encoder_hidden_states, key, value
 
@@ -321,7 +327,7 @@ class GlmImageTransformer2DModel(nn.Cell):
         p = self.patch_size
         x = self.image_projector(hidden_states.astype(self.compute_dtype))
         prior = self.prior_token_embedding(prior_token_id)
-        prior = prior * mint.logical_not(prior_token_drop).astype(prior.dtype).unsqueeze(-1)
+        prior = prior * broadcast_like(mint.logical_not(prior_token_drop).astype(prior.dtype).unsqueeze(-1), prior)
         x = x + self.prior_projector(prior)
         text = None
         if encoder_hidden_states is not None:
