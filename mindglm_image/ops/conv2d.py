@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from mindspore import Tensor, mint, ops
 
+from .broadcast import broadcast_like
+
 
 def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int, padding: int) -> Tensor:
     """(B, C, H, W) -> (B, O, H', W'): im2col columns (B, C*kh*kw, H'*W') times the (O, C*kh*kw) filters."""
@@ -20,7 +22,7 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int, padding:
     out_w = (width + 2 * padding - kw) // stride + 1
     columns = ops.unfold(x, (kh, kw), 1, padding, stride)
     y = mint.matmul(weight.reshape(out_channels, channels * kh * kw), columns).reshape(batch, out_channels, out_h, out_w)
-    return y if bias is None else y + bias.reshape(1, out_channels, 1, 1)
+    return y if bias is None else y + broadcast_like(bias.reshape(1, out_channels, 1, 1), y)
 
 
 def conv2d_ascend(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int, padding: int) -> Tensor:
