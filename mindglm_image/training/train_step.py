@@ -49,6 +49,9 @@ class TrainStep(nn.Cell):
         self.loss_cell = loss_cell
         self.loss_cell.set_train(True)
         self.params = ParameterTuple(trainable_params)
+        # graph-mode divergence: the optimizer graph unrolls its per-parameter loop, ~6 nested calls a tensor;
+        # MindSpore's default call-depth limit (1000) stops at ~160 tensors (a whole VAE has 180)
+        ms.set_recursion_limit(max(1000, 8 * len(trainable_params) + 200))
         self.grad_sums = ParameterTuple([Parameter(Tensor(np.zeros(p.shape, np.float32)), name=f"grad_sum.{p.name}",
                                                    requires_grad=False) for p in trainable_params])
         self.value_and_grad = ops.value_and_grad(loss_cell, None, self.params)
