@@ -44,6 +44,7 @@ class DemoRecipeConfig(HFConfig):
 
     work_dir: str = "outputs/demo"   # one sub-folder per stage; rerunning the recipe resumes here
     seed: int = 0                    # seed of the random initial model
+    model_configs: str = ""          # folder of the initial model's per-part config JSONs (default configs/demo)
     device: str | None = None        # CPU or Ascend for every training stage (default: $MINDGLM_DEVICE or CPU)
     data: DemoDataConfig = dataclasses.field(default_factory=DemoDataConfig)          # make-demo-data options
     prepare: PrepareDataConfig = dataclasses.field(default_factory=PrepareDataConfig)  # prepare-data options
@@ -81,7 +82,7 @@ def run_recipe(cfg: DemoRecipeConfig, out: str | Path | None = None, progress: b
     from ..jobs.train_vae import train_vae
     from ..jobs.train_vq import train_vq
     from ..training.data import prepare_dataset
-    from .init_model import make_demo_init
+    from .init_model import DEMO_CONFIG_DIR, make_demo_init
     from .synthetic import write_demo_dataset
 
     work = Path(cfg.work_dir)
@@ -92,7 +93,8 @@ def run_recipe(cfg: DemoRecipeConfig, out: str | Path | None = None, progress: b
                 "ar": work / "dit" / MODEL_DIR}
     runs = {
         "data": lambda: write_demo_dataset(data, cfg.data, progress=progress),
-        "init": lambda: make_demo_init(work / "init", seed=cfg.seed, overwrite=True),
+        "init": lambda: make_demo_init(work / "init", seed=cfg.seed, overwrite=True,
+                                       config_dir=cfg.model_configs or DEMO_CONFIG_DIR),
         "vae": lambda: train_vae(_job(cfg, "vae", model_of["vae"], train_jsonl), progress=progress),
         "vq": lambda: train_vq(_job(cfg, "vq", model_of["vq"], train_jsonl), progress=progress),
         "prepared": lambda: prepare_dataset(train_jsonl, work / "vq" / MODEL_DIR, work / "prepared", cfg.prepare,
