@@ -70,7 +70,7 @@ def test_vae_steps_lower_the_loss_on_synthetic_scenes(vae_ref, tmp_path):
     assert all(np.isfinite(losses))
     assert np.mean(losses[-5:]) < 0.65 * np.mean(losses[:5]), losses
     with pytest.raises(ValueError, match="multiple of the VAE's downscale factor"):
-        VAEBatchMaker(vae.config.latent_channels, vae.config.downscale_factor, crop=30)
+        VAEBatchMaker(vae.config.latent_channels, vae.config.downscale_factor, crop=31)
 
 
 def test_patch_targets_box_average_each_patch():
