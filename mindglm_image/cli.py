@@ -245,6 +245,34 @@ def _train_ar(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_vae(args: argparse.Namespace) -> int:
+    from .jobs.job_args import config_from_args
+    from .jobs.train_vae import train_vae
+    from .training.config import TrainConfig
+
+    train_vae(config_from_args(TrainConfig, args))
+    return 0
+
+
+def _train_vq(args: argparse.Namespace) -> int:
+    from .jobs.job_args import config_from_args
+    from .jobs.train_vq import train_vq
+    from .training.config import TrainConfig
+
+    train_vq(config_from_args(TrainConfig, args))
+    return 0
+
+
+def _train_demo(args: argparse.Namespace) -> int:
+    from .demo.recipe import DemoRecipeConfig, run_recipe
+
+    cfg = DemoRecipeConfig.from_json_file(args.config)
+    if args.work_dir:
+        cfg.work_dir = args.work_dir
+    print(f"the demo model is in {run_recipe(cfg, args.out)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .weights.safetensors_io import FLOAT_TAGS
 
@@ -368,6 +396,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train-ar", help="SFT of the AR generator (full or LoRA) on a prepared dataset (resumes from out_dir)", formatter_class=defaults)
     add_config_flags(p, TrainConfig)
     p.set_defaults(func=_train_ar)
+    p = sub.add_parser("train-vae", help="train the VAE from the images of a .jsonl or folder (resumes from out_dir)", formatter_class=defaults)
+    add_config_flags(p, TrainConfig)
+    p.set_defaults(func=_train_vae)
+    p = sub.add_parser("train-vq", help="train the AR model's vision encoder + VQ codebook from images (resumes from out_dir)", formatter_class=defaults)
+    add_config_flags(p, TrainConfig)
+    p.set_defaults(func=_train_vq)
+    p = sub.add_parser("train-demo", help="train the demo model, every component, on synthetic shapes (resumes; skips finished stages)", formatter_class=defaults)
+    p.add_argument("--config", default="configs/jobs/train_demo.json", help="DemoRecipeConfig JSON")
+    p.add_argument("--work-dir", dest="work_dir", default=None, help="stage folders (default: the config's work_dir)")
+    p.add_argument("--out", default=None, help="copy the finished model folder here")
+    p.set_defaults(func=_train_demo)
     return parser
 
 

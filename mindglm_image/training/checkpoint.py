@@ -31,6 +31,8 @@ from .train_step import TrainStep
 STATE_FILE = "state.safetensors"
 TRAINER_FILE = "trainer_state.json"
 _PREFIX = "step-"
+#: name prefix of parameters that only training uses (auxiliary heads): checkpointed, never exported
+TRAINING_ONLY_PREFIX = "training_only."
 
 
 def model_fingerprint(train_step: TrainStep, model_config: dict) -> dict[str, str]:
@@ -132,11 +134,12 @@ def _stored_prefix(names: list[str], params: dict) -> str:
 def load_trained_weights(folder: str | Path, cell, ema: bool = False) -> list[str]:
     """Put a checkpoint's trained weights (or their EMA) into ``cell``'s parameters of the same names (e.g. a
     freshly loaded model for sampling or export, with or without the job's loss cell around it); returns
-    the names set."""
+    the names set. Training-only parameters (``TRAINING_ONLY_PREFIX``) are left out."""
     stored = SafetensorsFile(Path(folder) / STATE_FILE)
     group = "ema/" if ema else "weight/"
     params = cell.parameters_dict()
-    names = [k[len(group):] for k in stored.keys() if k.startswith(group)]
+    names = [k[len(group):] for k in stored.keys()
+             if k.startswith(group) and not k.startswith(group + TRAINING_ONLY_PREFIX)]
     if not names:
         raise CheckpointError(f"{folder} holds no {group[:-1]} tensors"
                               + ("; it was trained without an EMA (ema_decay 0): export the raw weights" if ema else ""))

@@ -71,11 +71,38 @@ class DiTLossConfig(HFConfig):
 
 
 @dataclasses.dataclass
+class VAELossConfig(HFConfig):
+    """The VAE job's loss (``training/vae_loss.py``)."""
+
+    kl_weight: float = 1e-3   # weight of the KL term; both terms are element means, so it is size-independent
+    crop: int = 64            # side of the random square crop of each image a step trains on (multiple of 8)
+
+    def validate(self) -> None:
+        if self.kl_weight < 0 or self.crop < 8:
+            raise ConfigError(f"vae_loss: kl_weight={self.kl_weight} must be >= 0 and crop={self.crop} >= 8")
+
+
+@dataclasses.dataclass
+class VQLossConfig(HFConfig):
+    """The image tokenizer job's loss (``training/vq_loss.py``)."""
+
+    commitment: float = 0.25   # beta: weight of the commitment term (features pulled towards their code)
+    target_side: int = 4       # the auxiliary head reconstructs each patch box-averaged to this side
+    sizes: list = dataclasses.field(default_factory=lambda: [64, 256])  # square pixel sides images are tokenised at (grid * patch: full and preview grids of 128-px images)
+
+    def validate(self) -> None:
+        if self.commitment < 0 or self.target_side < 1 or not self.sizes:
+            raise ConfigError(f"vq_loss: commitment={self.commitment} >= 0, target_side={self.target_side} >= 1 and "
+                              f"a non-empty sizes list are needed")
+
+
+@dataclasses.dataclass
 class TrainConfig(HFConfig):
     """A training job: what to train on, for how long, and where to write checkpoints and logs."""
 
     nested: ClassVar[dict[str, type[HFConfig]]] = {"optimizer": OptimizerConfig, "schedule": ScheduleConfig,
-                                                   "dit_loss": DiTLossConfig}
+                                                   "dit_loss": DiTLossConfig, "vae_loss": VAELossConfig,
+                                                   "vq_loss": VQLossConfig}
 
     model: str = ""                              # model folder (official layout or converted)
     data: str = ""                               # prepared dataset folder (``mindglm-image prepare-data``)
@@ -95,6 +122,8 @@ class TrainConfig(HFConfig):
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)  # see OptimizerConfig
     schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)     # see ScheduleConfig
     dit_loss: DiTLossConfig = dataclasses.field(default_factory=DiTLossConfig)       # used by train-dit only
+    vae_loss: VAELossConfig = dataclasses.field(default_factory=VAELossConfig)       # used by train-vae only
+    vq_loss: VQLossConfig = dataclasses.field(default_factory=VQLossConfig)          # used by train-vq only
 
     def validate(self) -> None:
         for name in ("batch_size", "grad_accum_steps", "checkpoint_every", "keep_last", "log_every"):
