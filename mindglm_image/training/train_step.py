@@ -91,9 +91,10 @@ class TrainStep(nn.Cell):
         self.loss_cell = loss_cell
         self.loss_cell.set_train(True)
         self.params = ParameterTuple(trainable_params)
-        # graph-mode divergence: the optimizer graph unrolls its per-parameter loop, ~6 nested calls a tensor;
-        # MindSpore's default call-depth limit (1000) stops at ~160 tensors (a whole VAE has 180)
-        ms.set_recursion_limit(max(1000, 8 * len(trainable_params) + 200))
+        # graph-mode divergence: the optimizer graph unrolls its per-parameter loop (~9 nested calls a tensor with
+        # the shard / master / EMA branches); MindSpore's default call-depth limit (1000) stops at ~100 tensors
+        # (a whole VAE has 180)
+        ms.set_recursion_limit(max(1000, 16 * len(trainable_params) + 200))
         # one worker has nothing to shard over: shard_state is then the plain (whole-state) optimizer
         shard = StateShard(rank, world_size) if optimizer_cfg.shard_state and world_size > 1 else None
         pieces = _PieceMean([p.shape for p in trainable_params], shard) if shard is not None else None
