@@ -26,7 +26,7 @@ import json, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
 from memory_plan import real_parameter_counts
-counts = real_parameter_counts(Path(sys.argv[1]))
+counts, _ = real_parameter_counts(Path(sys.argv[1]))  # (per component, trained tensor sizes)
 hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split(":")[1]
 print(json.dumps({"counts": counts, "peak_rss_mb": int(hwm.split()[0]) / 1024}))
 """
