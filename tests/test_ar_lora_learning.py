@@ -18,6 +18,8 @@ from mindglm_image.training.ar_loss import ARSFTLoss, collate_ar
 from mindglm_image.training.data import PrepareDataConfig, PreparedDataset, prepare_dataset
 from mindglm_image.training.lora import LoraConfig, inject_lora, lora_parameters, save_adapter
 
+pytestmark = pytest.mark.training  # its own pytest process: README, Two commands
+
 STEPS = 60
 
 

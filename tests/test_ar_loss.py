@@ -11,6 +11,8 @@ from parity_utils import assert_parity, load_converted
 from mindglm_image.training.ar_loss import ARSFTLoss, ar_trainable_parameters, collate_ar, sequence_positions
 from mindglm_image.training.lora import load_adapter, load_adapter_into, lora_modules, lora_parameters
 
+pytestmark = pytest.mark.training  # its own pytest process: README, Two commands
+
 PAD = 299  # as tests/reference/ar_text.py
 
 

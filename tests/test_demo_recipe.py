@@ -17,6 +17,8 @@ from mindglm_image.demo.recipe import STAGES, TIMINGS, DemoRecipeConfig, run_rec
 from mindglm_image.training.checkpoint import TRAINING_ONLY_PREFIX
 from mindglm_image.weights.safetensors_io import SafetensorsFile
 
+pytestmark = pytest.mark.training  # its own pytest process: README, Two commands
+
 _JOB = {"batch_size": 2, "checkpoint_every": 1, "keep_last": 1, "schedule": {"total_steps": 1},
         "optimizer": {"lr": 1e-3, "ema_decay": 0.0}}
 

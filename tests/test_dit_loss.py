@@ -13,6 +13,8 @@ from mindglm_image.training.dit_loss import DiTBatchMaker, DiTFlowMatchLoss
 from mindglm_image.training.train_step import TrainStep, recompute_blocks
 from parity_utils import assert_parity, load_converted
 
+pytestmark = pytest.mark.training  # its own pytest process: README, Two commands
+
 SCHEDULER = FlowMatchEulerSchedulerConfig(use_dynamic_shifting=True, time_shift_type="linear", base_shift=0.25,
                                           max_shift=0.75)
 

@@ -12,6 +12,8 @@ from mindglm_image.training.optim import AdamW, StateShard, learning_rate, step_
 from mindglm_image.training.train_step import TrainStep
 from parity_utils import assert_parity
 
+pytestmark = pytest.mark.training  # its own pytest process: README, Two commands
+
 CFG = OptimizerConfig(lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, ema_decay=0.9, max_grad_norm=1.0)
 SCHEDULE = ScheduleConfig(warmup_steps=2, total_steps=5, min_lr_ratio=0.1, cosine=True)
 

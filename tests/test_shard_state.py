@@ -7,7 +7,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from training_data import run_msrun
+
+pytestmark = pytest.mark.training  # its own pytest process: README, Two commands
 
 ROOT = Path(__file__).resolve().parents[1]
 

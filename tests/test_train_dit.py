@@ -30,6 +30,8 @@ from mindglm_image.training.train_step import TrainStep
 from mindglm_image.weights.safetensors_io import CheckpointError, SafetensorsFile
 from training_data import ArrayDataset, random_samples, run_msrun
 
+pytestmark = pytest.mark.training  # its own pytest process: README, Two commands
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

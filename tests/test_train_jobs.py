@@ -17,7 +17,7 @@ from mindglm_image.tiny_model import make_tiny_model
 from mindglm_image.training.checkpoint import STATE_FILE, list_checkpoints
 from mindglm_image.weights.safetensors_io import SafetensorsFile
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.training]  # training: its own pytest process (README)
 
 
 @pytest.fixture(scope="module")

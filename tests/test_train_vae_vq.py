@@ -27,6 +27,8 @@ from mindglm_image.training.vq_loss import VQBatchMaker, VQLoss, patch_targets
 from mindglm_image.weights.components import COMPONENTS, load_component
 from parity_utils import assert_parity, load_converted
 
+pytestmark = pytest.mark.training  # its own pytest process: README, Two commands
+
 
 def _scenes(side: int) -> list[np.ndarray]:
     """Four flat scenes (uint8 (side, side, 3)) of distinct colours, kinds and positions."""
