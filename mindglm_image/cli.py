@@ -387,21 +387,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "before reporting ready")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(func=_serve)
-    p = sub.add_parser("train-dit", help="fine-tune the DiT decoder on a prepared dataset (resumes from out_dir)", formatter_class=defaults)
     from .jobs.job_args import add_config_flags
     from .training.config import TrainConfig
 
-    add_config_flags(p, TrainConfig)
-    p.set_defaults(func=_train_dit)
-    p = sub.add_parser("train-ar", help="SFT of the AR generator (full or LoRA) on a prepared dataset (resumes from out_dir)", formatter_class=defaults)
-    add_config_flags(p, TrainConfig)
-    p.set_defaults(func=_train_ar)
-    p = sub.add_parser("train-vae", help="train the VAE from the images of a .jsonl or folder (resumes from out_dir)", formatter_class=defaults)
-    add_config_flags(p, TrainConfig)
-    p.set_defaults(func=_train_vae)
-    p = sub.add_parser("train-vq", help="train the AR model's vision encoder + VQ codebook from images (resumes from out_dir)", formatter_class=defaults)
-    add_config_flags(p, TrainConfig)
-    p.set_defaults(func=_train_vq)
+    for name, text, func in (
+            ("train-dit", "fine-tune the DiT decoder on a prepared dataset (resumes from out_dir)", _train_dit),
+            ("train-ar", "SFT of the AR generator (full or LoRA) on a prepared dataset (resumes from out_dir)", _train_ar),
+            ("train-vae", "train the VAE from the images of a .jsonl or folder (resumes from out_dir)", _train_vae),
+            ("train-vq", "train the AR model's vision encoder + VQ codebook from images (resumes from out_dir)",
+             _train_vq)):
+        p = sub.add_parser(name, help=text, formatter_class=defaults)
+        add_config_flags(p, TrainConfig)
+        p.set_defaults(func=func)
     p = sub.add_parser("train-demo", help="train the demo model, every component, on synthetic shapes (resumes; skips finished stages)", formatter_class=defaults)
     p.add_argument("--config", default="configs/jobs/train_demo.json", help="DemoRecipeConfig JSON")
     p.add_argument("--work-dir", dest="work_dir", default=None, help="stage folders (default: the config's work_dir)")
