@@ -111,7 +111,7 @@ def run_recipe(cfg: DemoRecipeConfig, out: str | Path | None = None, progress: b
         log(f"[train-demo] {stage}: running")
         start = time.perf_counter()
         runs[stage]()
-        seconds = round(time.perf_counter() - start, 1)
+        seconds = round(time.perf_counter() - start, 3)
         timings.append({"stage": stage, "seconds": seconds})
         write_json_atomic(timings_file, timings)
         log(f"[train-demo] {stage}: finished in {seconds} s")
