@@ -20,10 +20,9 @@ step and the numpy scheduler step, every velocity read back. It is the loop the 
 against (equal to 1e-6) and the baseline of ``scripts/bench_generate.py --denoise-only``.
 
 Both passes get their glyph embeddings left-padded with zeros to one bucketed length, the padding masked
-out of attention: they then share one compiled DiT graph, and so do prompts of similar length. (CPU
-graph mode keeps every intermediate buffer of a compiled graph alive for its reuse: ~2 GB per graph for
-a 4-block, 1024-wide DiT at 512 px, see scripts/bench_memory.py; one graph per prompt length and pass
-grew without bound.) Masked keys get exactly zero weight, so results equal the unpadded ones up to
+out of attention: they then share one compiled DiT graph, and so do prompts of similar length. (Each compiled
+graph keeps memory for its life - pooled buffers and, on CPU, kernel tables (README, Memory of one
+generation; scripts/bench_memory.py) - so one graph per prompt length would grow without bound.) Masked keys get exactly zero weight, so results equal the unpadded ones up to
 float summation order (~1e-7).
 """
 from __future__ import annotations

@@ -311,7 +311,8 @@ class GlmImagePipeline:
     def decode_latents(self, latents: np.ndarray) -> np.ndarray:
         """Final latents -> (B, H, W, 3) float32 pixels in [0, 1], checked finite before the clipping that
         would hide an inf."""
-        decoded = check_finite(self.vae.decode(denormalize_latents(graph_input("latents", latents, ms.float32), self.vae.config)), "VAE decode")
+        latents = denormalize_latents(graph_input("latents", latents, ms.float32), self.vae.config)
+        decoded = check_finite(self.vae.decode(latents), "VAE decode")
         return postprocess_images(decoded)
 
     def write_kv_cache(self, images: list[list[Image.Image]], grids: list, upsampled: list) -> GlmImageKVCache:
