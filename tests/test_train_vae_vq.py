@@ -128,3 +128,40 @@ def test_vq_training_gives_colours_their_own_codes(tiny_ar, tmp_path):
     save_checkpoint(tmp_path, step, {"step": 40}, keep_last=1)
     names = load_trained_weights(next((Path(tmp_path) / "checkpoints").iterdir()), model)
     assert len(names) == len(params) - 2 and not any(n.startswith(TRAINING_ONLY_PREFIX) for n in names)
+
+
+_DOWNSAMPLE_CHAIN = '''
+import mindspore as ms, numpy as np
+from mindspore import mint, nn
+from mindglm_image.models.vae.blocks import Downsample2D
+from mindglm_image.training.config import OptimizerConfig
+from mindglm_image.training.train_step import TrainStep
+ms.set_context(mode=ms.GRAPH_MODE)
+class Chain(nn.Cell):
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.SequentialCell([Downsample2D(8) for _ in range(3)])
+    def construct(self, x):
+        return mint.mean(mint.abs(self.blocks(x)))
+chain = Chain()
+step = TrainStep(chain, chain.trainable_params(), OptimizerConfig(lr=1e-3, ema_decay=0.0))
+rng = np.random.default_rng(0)
+losses = [step.step([(ms.Tensor(rng.uniform(-1, 1, (4, 8, 32, 32)).astype(np.float32)),)], i + 1, 1e-3)[0]
+          for i in range(12)]
+print("losses", *losses)
+'''
+
+
+def test_vae_encoder_downsampling_trains_past_ten_steps(tmp_path):
+    """The VAE encoder's chain of three Downsample2D hung on the 10th training step when it padded with
+    mint.nn.functional.pad (MindSpore 2.10 CPU); run in a child process so a regression fails, not hangs."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "chain.py"  # graph mode compiles from source files, not from `python -c`
+    script.write_text(_DOWNSAMPLE_CHAIN)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    losses = [float(v) for v in done.stdout.split("losses", 1)[1].split()]
+    assert len(losses) == 12 and np.isfinite(losses).all() and losses[-1] < losses[0]
