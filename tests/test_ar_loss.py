@@ -83,3 +83,17 @@ def test_bad_samples_are_named(ref):
         sequence_positions(np.concatenate([ids, ids[-3:]]), np.concatenate([labels, ids[-3:]]), grids, model.config)
     with pytest.raises(ValueError, match="shorter than the longest"):
         collate_ar(_samples(data), model.config, PAD, length=4)
+
+
+def test_padding_to_a_multiple_keeps_the_loss_and_one_graph_shape(ref):
+    """The job pads every batch to a multiple of 64 tokens (one compiled graph for prompts of different
+    lengths); the extra padding is masked, so the loss equals the tightly padded one."""
+    model, data = ref
+    samples = _samples(data)
+    tight = collate_ar(samples, model.config, PAD)
+    padded = collate_ar(samples, model.config, PAD, multiple=64)
+    longest = max(len(s["ar_input_ids"]) for s in samples)
+    assert padded[0].shape[1] == -(-longest // 64) * 64 > tight[0].shape[1] == longest
+    assert collate_ar(samples[:1], model.config, PAD, multiple=64)[0].shape == (1, padded[0].shape[1])
+    loss = ARSFTLoss(model)
+    np.testing.assert_allclose(loss(*padded).asnumpy(), loss(*tight).asnumpy(), rtol=1e-5)

@@ -23,6 +23,9 @@ from .training_job import check_lora, check_paths, job_runtime, open_dataset, ru
 COMPONENT = "vision_language_encoder"
 _PARTS = (f"{COMPONENT}/config.json",)
 _KEYS = ("ar_input_ids", "ar_labels", "ar_image_grid_thw")
+#: batches are padded to a multiple of this many tokens: every distinct sequence length is a new graph
+#: compile (seconds each, and the compiled graphs pile up in memory), while prompt lengths vary by a few tokens
+LENGTH_MULTIPLE = 64
 
 
 def check_dataset(dataset: TrainingDataset, config: GlmImageConfig) -> None:
@@ -60,6 +63,6 @@ def train_ar(cfg: TrainConfig, dataset: TrainingDataset | None = None, progress:
         recompute_blocks(model.model.language_model.layers)
 
     def make_batch(samples: list[dict], rngs: list[np.random.Generator]) -> tuple:
-        return collate_ar(samples, model.config)  # no randomness in the AR loss
+        return collate_ar(samples, model.config, multiple=LENGTH_MULTIPLE)  # no randomness in the AR loss
 
     return run_job(cfg, model, COMPONENT, ARSFTLoss(model), params, dataset, make_batch, rank, world, progress)

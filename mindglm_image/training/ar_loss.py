@@ -49,13 +49,14 @@ def sequence_positions(input_ids: np.ndarray, labels: np.ndarray, image_grid_thw
     return np.concatenate([pos.prefill[:, 0], pos.decode[0, :, :generated]], axis=1)
 
 
-def collate_ar(samples: Sequence[dict], config: GlmImageConfig, pad_id: int = 0,
-               length: int | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def collate_ar(samples: Sequence[dict], config: GlmImageConfig, pad_id: int = 0, length: int | None = None,
+               multiple: int = 1) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Batch prepared samples (``ar_input_ids``, ``ar_labels``, ``ar_image_grid_thw``) into the loss
     inputs (input_ids, position_ids (3, B, L), attention_mask, labels), right-padded to ``length``
-    (default: the longest sample); padding is masked out of attention and loss."""
+    (default: the longest sample rounded up to a multiple of ``multiple``); padding is masked out of
+    attention and loss."""
     longest = max(len(s["ar_input_ids"]) for s in samples)
-    length = length or longest
+    length = length or -(-longest // multiple) * multiple
     if length < longest:
         raise ValueError(f"length={length} is shorter than the longest sample ({longest} tokens)")
     batch = len(samples)
