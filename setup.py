@@ -10,7 +10,8 @@ setup(
     description="MindSpore port of the GLM-Image text-to-image model for Ascend NPUs (CPU fp32 backend included)",
     packages=find_packages(include=["mindglm_image", "mindglm_image.*", "ckpt_convert", "ckpt_convert.*",
                                     "kernels", "kernels.*"]),
-    package_data={"": ["*.json"]},
+    # the built-in demo model (mindglm_image/demo/default_model.py): a model folder, not a package
+    package_data={"": ["*.json"], "mindglm_image.demo": ["model/*.json", "model/*/*"]},
     python_requires=">=3.9,<3.12",
     install_requires=[
         "mindspore==2.10.0",

@@ -66,11 +66,18 @@ def _check_demo(args: argparse.Namespace) -> int:
 
 def _generate(args: argparse.Namespace) -> int:
     from .atomic import save_image_atomic
+    from .demo.default_model import demo_model_dir, folder_megabytes, native_side
     from .generation.sampling import SamplingConfig
     from .pipeline.glm_image_pipeline import GlmImagePipeline, check_request
     from .runtime import default_compute_dtype, setup_runtime
     from .training.lora import ADAPTER_CONFIG, parse_lora_arg
 
+    if args.model is None:
+        args.model = str(demo_model_dir())
+        print(f"no --model: using the built-in demo model ({args.model}, {folder_megabytes(Path(args.model)):.1f} MB, "
+              "trained on synthetic shapes at 128 px)")
+    args.height = args.height or native_side(args.model)
+    args.width = args.width or args.height
     # before the model loads, with the flags' names in the messages
     check_request(args.prompt, args.height, args.width, args.steps, args.guidance, args.seed, args.num_images,
                   names=CLI_NAMES)
@@ -280,13 +287,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mindglm-image", description=__doc__, formatter_class=defaults)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("generate", help="text-to-image, or image-to-image with --image", formatter_class=defaults)
-    p.add_argument("--model", required=True, help="model folder (official Hugging Face layout or converted)")
+    p.add_argument("--model", default=None, help="model folder (official Hugging Face layout or converted); "
+                   "None: the built-in demo model (synthetic shapes, 128 px)")
     p.add_argument("--prompt", required=True, action="append", help="prompt; repeat for a batch")
     p.add_argument("--image", action="append", default=[], help="reference image (repeat for several)")
     p.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
                    help="PEFT LoRA adapter folder for the DiT or the AR model, scale 1 by default (repeat for several)")
-    p.add_argument("--height", type=int, default=1024, help="pixels, a multiple of 32")
-    p.add_argument("--width", type=int, default=1024, help="pixels, a multiple of 32")
+    p.add_argument("--height", type=int, default=None, help="pixels, a multiple of 32; None: the model's own "
+                   "size (its VAE sample_size: 128 for the demo model), else 1024")
+    p.add_argument("--width", type=int, default=None, help="pixels, a multiple of 32; None: as --height")
     p.add_argument("--steps", type=int, default=50, help="denoising steps")
     p.add_argument("--guidance", type=float, default=1.5, help="classifier-free guidance scale")
     p.add_argument("--num-images", type=int, default=1, help="images per prompt (one AR prior, different noise)")

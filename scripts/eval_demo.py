@@ -32,10 +32,15 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=20, help="denoising steps")
     parser.add_argument("--guidance", type=float, default=1.5, help="classifier-free guidance scale")
     parser.add_argument("--edits", action="store_true", help="also score image-to-image edits")
+    parser.add_argument("--target-prior", action="store_true",
+                        help="text-to-image from the VQ ids of each held-out image instead of the AR's tokens: "
+                             "the score of the DiT, VAE and tokenizer alone (the ceiling a perfect AR reaches)")
     args = parser.parse_args()
 
     from mindglm_image.pipeline.glm_image_pipeline import GlmImagePipeline
+    from mindglm_image.runtime import setup_runtime
 
+    setup_runtime()  # graph mode, $MINDGLM_DEVICE or CPU
     pipe = GlmImagePipeline.from_pretrained(args.model)
     data, out = Path(args.data), Path(args.out)
     reports = {}
@@ -51,8 +56,12 @@ def main() -> int:
                 continue
             prompt = record["instruction"] if edits else record["caption"]
             image = [Image.open(data / record["images"][0]).convert("RGB")] if edits else None
+            prior = None
+            if args.target_prior and not edits:
+                _, _, upsampled = pipe.encode_references([[Image.open(data / record["image"]).convert("RGB")]])
+                prior = upsampled[0][0][None]
             result = pipe(prompt, image=image, height=128, width=128, num_inference_steps=args.steps,
-                          guidance_scale=args.guidance, seed=i, progress=False)
+                          guidance_scale=args.guidance, seed=i, prior_token_ids=prior, progress=False)
             save_image_atomic(result.images[0], path)
         subset = out / f"{name}.jsonl"  # the scored records: the first n
         write_text_atomic(subset, "".join(json.dumps(r) + "\n" for r in records))
