@@ -50,7 +50,8 @@ def test_micro_recipe_trains_every_stage_into_a_loadable_model(tmp_path):
         "data": {"train_size": 4, "heldout_size": 1, "edit_train_size": 1, "edit_heldout_size": 1,
                  "sizes": [[128, 128]]},
         "prepare": {"resolution": 128, "min_side": 128, "max_aspect": 1.0},
-        "vae": {**_JOB, "vae_loss": {"crop": 32}}, "vq": _JOB, "dit": _JOB, "ar": _JOB})
+        "vae": {**_JOB, "vae_loss": {"crop": 32}}, "vae_full": {**_JOB, "vae_loss": {"crop": 128}}, "vq": _JOB,
+        "dit": _JOB, "ar": _JOB})
     logs: list[str] = []
     out = run_recipe(cfg, tmp_path / "model", progress=False, log=logs.append)
     timings = json.loads((tmp_path / "work" / TIMINGS).read_text())

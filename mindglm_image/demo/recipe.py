@@ -6,11 +6,14 @@ killed resumes from its newest checkpoint, as every training job does):
 
 1. ``data``     synthetic scenes (``make-demo-data``)
 2. ``init``     the random model at ``configs/demo`` sizes with the demo tokenizer
-3. ``vae``      AutoencoderKL from pixels (``train-vae``), latent statistics into its config
-4. ``vq``       vision encoder + VQ codebook (``train-vq``): the prior tokens that carry the scene
-5. ``prepared`` ``prepare-data`` with the trained VAE and tokenizer (latents, prior ids, AR targets, glyphs)
-6. ``dit``      full DiT training on the prepared latents (``train-dit``)
-7. ``ar``       full AR SFT on the prepared token targets (``train-ar``); its export is the finished model
+3. ``vae``      AutoencoderKL from pixels (``train-vae``) on small random crops (cheap steps)
+4. ``vae_full`` the same VAE fine-tuned on whole images, latent statistics into its config: its GroupNorm
+                statistics and mid-block attention were fitted on crops, and on a whole flat-coloured scene
+                they see other statistics (a crops-only VAE decoded whole images with wrong colours)
+5. ``vq``       vision encoder + VQ codebook (``train-vq``): the prior tokens that carry the scene
+6. ``prepared`` ``prepare-data`` with the trained VAE and tokenizer (latents, prior ids, AR targets, glyphs)
+7. ``dit``      full DiT training on the prepared latents (``train-dit``)
+8. ``ar``       full AR SFT on the prepared token targets (``train-ar``); its export is the finished model
 
 The glyph encoder (byT5) stays at its random initialisation, frozen, as the real model keeps its
 pretrained byT5 frozen: the DiT learns to read its embeddings of the quoted word. The finished model is
@@ -31,7 +34,7 @@ from ..training.data import INDEX, PrepareDataConfig
 from ..training.export import MODEL_DIR
 from .synthetic import DemoDataConfig
 
-STAGES = ("data", "init", "vae", "vq", "prepared", "dit", "ar")
+STAGES = ("data", "init", "vae", "vae_full", "vq", "prepared", "dit", "ar")
 #: per-stage wall times of every run, appended (``<work_dir>/timings.json``)
 TIMINGS = "timings.json"
 
@@ -49,12 +52,13 @@ class DemoRecipeConfig(HFConfig):
     data: DemoDataConfig = dataclasses.field(default_factory=DemoDataConfig)          # make-demo-data options
     prepare: PrepareDataConfig = dataclasses.field(default_factory=PrepareDataConfig)  # prepare-data options
     vae: dict = dataclasses.field(default_factory=dict)  # TrainConfig fields of train-vae (model/data/out_dir: set here)
+    vae_full: dict = dataclasses.field(default_factory=dict)  # TrainConfig fields of the whole-image VAE fine-tune
     vq: dict = dataclasses.field(default_factory=dict)   # TrainConfig fields of train-vq
     dit: dict = dataclasses.field(default_factory=dict)  # TrainConfig fields of train-dit
     ar: dict = dataclasses.field(default_factory=dict)   # TrainConfig fields of train-ar
 
     def validate(self) -> None:
-        for stage in ("vae", "vq", "dit", "ar"):  # every job config is checked before the first stage runs
+        for stage in ("vae", "vae_full", "vq", "dit", "ar"):  # every job config is checked before the first stage runs
             _job(self, stage, Path("model"), Path("data"))
 
 
@@ -69,7 +73,8 @@ def _job(cfg: DemoRecipeConfig, stage: str, model: Path, data: Path) -> TrainCon
 def stage_outputs(work: Path) -> dict[str, Path]:
     """The file or folder whose presence marks each stage finished."""
     return {"data": work / "data" / "edit_heldout.jsonl", "init": work / "init" / "model_index.json",
-            "vae": work / "vae" / MODEL_DIR / "model_index.json", "vq": work / "vq" / MODEL_DIR / "model_index.json",
+            "vae": work / "vae" / MODEL_DIR / "model_index.json",
+            "vae_full": work / "vae_full" / MODEL_DIR / "model_index.json", "vq": work / "vq" / MODEL_DIR / "model_index.json",
             "prepared": work / "prepared" / INDEX, "dit": work / "dit" / MODEL_DIR / "model_index.json",
             "ar": work / "ar" / MODEL_DIR / "model_index.json"}
 
@@ -89,13 +94,14 @@ def run_recipe(cfg: DemoRecipeConfig, out: str | Path | None = None, progress: b
     work.mkdir(parents=True, exist_ok=True)
     done = stage_outputs(work)
     data, train_jsonl = work / "data", work / "data" / "train.jsonl"
-    model_of = {"vae": work / "init", "vq": work / "vae" / MODEL_DIR, "dit": work / "vq" / MODEL_DIR,
-                "ar": work / "dit" / MODEL_DIR}
+    model_of = {"vae": work / "init", "vae_full": work / "vae" / MODEL_DIR, "vq": work / "vae_full" / MODEL_DIR,
+                "dit": work / "vq" / MODEL_DIR, "ar": work / "dit" / MODEL_DIR}
     runs = {
         "data": lambda: write_demo_dataset(data, cfg.data, progress=progress),
         "init": lambda: make_demo_init(work / "init", seed=cfg.seed, overwrite=True,
                                        config_dir=cfg.model_configs or DEMO_CONFIG_DIR),
         "vae": lambda: train_vae(_job(cfg, "vae", model_of["vae"], train_jsonl), progress=progress),
+        "vae_full": lambda: train_vae(_job(cfg, "vae_full", model_of["vae_full"], train_jsonl), progress=progress),
         "vq": lambda: train_vq(_job(cfg, "vq", model_of["vq"], train_jsonl), progress=progress),
         "prepared": lambda: prepare_dataset(train_jsonl, work / "vq" / MODEL_DIR, work / "prepared", cfg.prepare,
                                             progress=progress),
