@@ -86,10 +86,12 @@ def run_recipe(cfg: DemoRecipeConfig, out: str | Path | None = None, progress: b
     from ..jobs.train_dit import train_dit
     from ..jobs.train_vae import train_vae
     from ..jobs.train_vq import train_vq
+    from ..runtime import setup_runtime
     from ..training.data import prepare_dataset
     from .init_model import DEMO_CONFIG_DIR, make_demo_init
     from .synthetic import write_demo_dataset
 
+    setup_runtime(cfg.device)  # graph mode for every stage, also when the training stages before prepare-data are skipped
     work = Path(cfg.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     done = stage_outputs(work)
