@@ -53,7 +53,7 @@ def test_unknown_device_named():
 
 def test_help_shows_defaults():
     text = cli.build_parser()._subparsers._group_actions[0].choices["generate"].format_help()
-    for shown in ("(default: 1.5)", "(default: 50)", "(default: 1024)", "(default: out.png)"):
+    for shown in ("(default: 1.5)", "(default: 50)", "the built-in demo model", "(default: out.png)"):
         assert shown in text
 
 
