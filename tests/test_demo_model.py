@@ -19,9 +19,11 @@ from mindglm_image.pipeline.glm_image_pipeline import GlmImagePipeline
 from parity_utils import assert_parity
 
 pytestmark = pytest.mark.slow
-#: held-out prompts scored in CI, and the lower bounds asserted on them (README: the 50-prompt figures)
+#: held-out prompts scored in CI (the first 8 of scripts/eval_demo.py's 50, same seeds and steps), and the lower
+#: bounds asserted on them: the shipped model got every background right there (8/8; 48/50 on all 50) and no
+#: shape attribute above 0.25, so only the background has a bound (one miss allowed); README: the figures
 SUBSET = 8
-MIN_SCORES = {"background": 0.0, "shape_colour": 0.0}
+MIN_SCORES = {"background": 7 / 8}
 
 
 @pytest.fixture(scope="module")
