@@ -151,3 +151,16 @@ def test_cli_and_errors(setup, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "prepared 1 samples" in text and "skipped b: no caption file b.txt" in text
     assert (64, 96) in aspect_buckets(64, 3.0) or (64, 64) in aspect_buckets(64, 3.0)
+
+
+def test_demo_edit_records_read_as_editing_samples(tmp_path):
+    """make-demo-data's edit files name the source images ``images``: prepare-data reads them as editing samples."""
+    from mindglm_image.demo.synthetic import DemoDataConfig, write_demo_dataset
+
+    files = write_demo_dataset(tmp_path, DemoDataConfig(train_size=1, heldout_size=0, edit_train_size=2,
+                                                        edit_heldout_size=0, sizes=[[128, 128]]), progress=False)
+    samples = read_dataset(files["edit_train"])
+    assert len(samples) == 2 and all(s.problem is None for s in samples)
+    for sample, record in zip(samples, map(json.loads, files["edit_train"].read_text().splitlines())):
+        assert sample.text == record["instruction"] and sample.target == str(tmp_path / record["target"])
+        assert sample.sources == (str(tmp_path / record["images"][0]),)

@@ -3,7 +3,8 @@
 Input: a ``.jsonl`` file, one sample per line, paths relative to the file:
 ``{"id": "cat1", "image": "cat.png", "caption": "a cat"}`` (text-to-image) or
 ``{"id": "e1", "source": ["a.png"], "instruction": "make it blue", "target": "b.png"}`` (editing; ``source``
-may be one path); or a folder of images each with a same-named ``.txt`` caption.
+may be one path, and may be called ``images`` as in ``make-demo-data``'s edit files); or a folder of images
+each with a same-named ``.txt`` caption.
 
 Output (``prepare_dataset``): sharded safetensors ``shard-00000.safetensors`` ... holding each sample's
 arrays under ``<index>/<key>``, and ``index.json`` listing samples, their aspect bucket and the skipped
@@ -139,8 +140,8 @@ def _read_jsonl(path: Path) -> list[RawSample]:
             samples.append(RawSample(f"line-{n}", "", None, problem=f"line {n} is not valid JSON ({err})"))
             continue
         sample_id = str(item.get("id", f"line-{n}"))
-        if "target" in item or "source" in item:
-            sources = item.get("source") or []
+        if "target" in item or "source" in item or "images" in item:
+            sources = item.get("source", item.get("images")) or []  # make-demo-data's edit records say "images"
             sources = [sources] if isinstance(sources, str) else list(sources)
             text, target = item.get("instruction", ""), item.get("target")
             problem = None if target and sources else "an editing sample needs 'source' and 'target' images"
