@@ -76,8 +76,10 @@ def _generate(args: argparse.Namespace) -> int:
         args.model = str(demo_model_dir())
         print(f"no --model: using the built-in demo model ({args.model}, {folder_megabytes(Path(args.model)):.1f} MB, "
               "trained on synthetic shapes at 128 px)")
-    args.height = args.height or native_side(args.model)
-    args.width = args.width or args.height
+    if args.height is None:  # not `or`: --height 0 must reach check_request's error, not become the default
+        args.height = native_side(args.model)
+    if args.width is None:
+        args.width = args.height
     # before the model loads, with the flags' names in the messages
     check_request(args.prompt, args.height, args.width, args.steps, args.guidance, args.seed, args.num_images,
                   names=CLI_NAMES)

@@ -36,4 +36,5 @@ def native_side(model: str | Path) -> int:
 
 
 def folder_megabytes(folder: Path) -> float:
+    """Size of every file under ``folder`` in MB (the one line ``generate`` prints names it)."""
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6
