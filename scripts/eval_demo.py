@@ -5,7 +5,8 @@
 Generates ``<id>.png`` for the first ``--n`` records of ``heldout.jsonl`` (text-to-image, seed = record
 number) and, with ``--edits``, of ``edit_heldout.jsonl`` (the source image + the instruction), at 128 x
 128, then prints ``check-demo``'s report of each set as JSON and writes it to ``<out>/report.json``, with
-the VAE's mean reconstruction error (0-255) over the same held-out images.
+the VAE's mean reconstruction error (0-255) over the same held-out images and the checker's report of
+those reconstructions (``vae``: what the VAE alone lets through).
 Images already written are kept, so a killed run resumes.
 """
 from __future__ import annotations
@@ -24,17 +25,21 @@ def _records(jsonl: Path, n: int) -> list[dict]:
     return [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines() if line.strip()][:n]
 
 
-def vae_reconstruction_error(pipe, data: Path, records: list[dict]) -> float:
-    """Mean absolute error (0-255 pixels) of VAE encode (posterior mode) + decode over the records' images."""
+def vae_reconstruction_error(pipe, data: Path, records: list[dict], folder: Path) -> float:
+    """Mean absolute error (0-255 pixels) of VAE encode (posterior mode) + decode over the records' images;
+    the reconstructions are written to ``folder`` as ``<id>.png`` so the checker can score them (the ceiling
+    the VAE alone sets)."""
     import numpy as np
 
     from mindglm_image.models.vae.processing import normalize_images, postprocess_images, to_uint8
 
+    folder.mkdir(parents=True, exist_ok=True)
     errors = []
     for record in records:
         pixels = np.asarray(Image.open(data / record["image"]).convert("RGB"))
         latents = pipe.vae.encode_mode(normalize_images(pixels.transpose(2, 0, 1)[None].astype(np.float32) / 255))
         decoded = to_uint8(postprocess_images(pipe.vae.decode(latents)))[0]
+        save_image_atomic(Image.fromarray(decoded), folder / f"{record['id']}.png")
         errors.append(np.abs(decoded.astype(np.float32) - pixels).mean())
     return round(float(np.mean(errors)), 2)
 
@@ -59,7 +64,10 @@ def main() -> int:
     setup_runtime()  # graph mode, $MINDGLM_DEVICE or CPU
     pipe = GlmImagePipeline.from_pretrained(args.model)
     data, out = Path(args.data), Path(args.out)
-    reports = {"vae_reconstruction": vae_reconstruction_error(pipe, data, _records(data / "heldout.jsonl", args.n))}
+    heldout = _records(data / "heldout.jsonl", args.n)
+    reports = {"vae_reconstruction": vae_reconstruction_error(pipe, data, heldout, out / "vae")}
+    write_text_atomic(out / "vae.jsonl", "".join(json.dumps(r) + "\n" for r in heldout))
+    reports["vae"], _ = check_records(out / "vae.jsonl", out / "vae")
     for name, edits in (("heldout", False), ("edit_heldout", True)):
         if edits and not args.edits:
             continue

@@ -32,8 +32,9 @@ def logits():
     return np.tile(row, (DRAWS, 1))
 
 
-def _device_draw(cell, logits: np.ndarray, uniforms: np.ndarray, config: SamplingConfig):
-    tokens, non_finite = cell(ms.Tensor(logits), ms.Tensor(uniforms.astype(np.float32)), sampling_params(config))
+def _device_draw(cell, logits: np.ndarray, uniforms: np.ndarray, config: SamplingConfig, limit: int | None = None):
+    limit = ms.Tensor(np.array([logits.shape[1] if limit is None else limit], np.int32))
+    tokens, non_finite = cell(ms.Tensor(logits), ms.Tensor(uniforms.astype(np.float32)), sampling_params(config), limit)
     return tokens.asnumpy(), non_finite.asnumpy()
 
 
@@ -87,6 +88,26 @@ def test_row_uniforms_depend_on_their_own_seed_only():
     np.testing.assert_array_equal(np.concatenate([streamed.uniforms(3, 5), streamed.uniforms(3, 15)], 1), batched)
 
 
+@pytest.mark.parametrize("config", [SamplingConfig(do_sample=False), CONFIGS[0], CONFIGS[3]], ids=["greedy", "default", "topp"])
+def test_limit_excludes_the_ids_above_it_as_the_numpy_sampler(sampler_cell, logits, config):
+    """With the 16 best ids above the limit neither sampler picks them; both agree draw for draw, and greedy
+    picks the best id below the limit."""
+    limit = 32
+    rows = logits[:2000].copy()
+    order = np.argsort(rows[0])
+    rows[:, order[-16:]], rows[:, order[:16]] = rows[:, order[:16]], rows[:, order[-16:]]  # best ids last
+    rows = np.concatenate([rows[:, 16:], rows[:, :16]], axis=1)
+    uniforms = TokenSampler(config, row_seeds=range(2000)).uniforms(2000, 1)
+    tokens, non_finite = _device_draw(sampler_cell, rows, uniforms, config, limit)
+    host = TokenSampler(config, row_seeds=range(2000))(rows, limit)
+    assert tokens.max() < limit and (non_finite == 0).all()
+    assert np.mean(tokens == host) > 0.999
+    if not config.do_sample:
+        assert (tokens == np.argmax(rows[:, :limit], -1)).all()
+    else:
+        assert len(np.unique(tokens)) > 3
+
+
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory):
     return GlmImagePipeline.from_pretrained(make_tiny_model(tmp_path_factory.mktemp("ds") / "tiny", progress=False))
@@ -117,6 +138,32 @@ def test_device_loop_equals_host_loop(pipe, device, sampling, seeds):
     n = ours.generated.shape[1]
     assert (ours.host_syncs, twin.host_syncs) == ((n - 1) // 8 + 1, n)
     assert len(set(ours.grid_ids[0].tolist())) > 1
+
+
+def test_grids_hold_image_ids_even_where_the_model_prefers_a_marker(pipe, device):
+    """An lm_head that scores every image id 0 and some grid marker above 0: the reference's unrestricted
+    sampling (``grid_ids_only=False``) breaks the grid and the call fails naming it; the default samples
+    only image ids inside both grids, on the device and on the host alike."""
+    model = pipe.vision_language_encoder
+    weight = dict(model.parameters_and_names())["lm_head.weight"]
+    saved = weight.asnumpy().copy()
+    codes = model.config.vq_config.num_embeddings
+    rigged = np.zeros_like(saved)
+    markers = rigged[codes:]
+    markers[0::2], markers[1::2] = saved[codes::2][:len(markers[0::2])], -saved[codes::2][:len(markers[1::2])]
+    weight.set_data(ms.Tensor(rigged))
+    greedy = SamplingConfig(do_sample=False)
+    try:
+        free = PriorGenerator(model, PriorGenerationConfig(grid_ids_only=False, check_every=8))
+        with pytest.raises(RuntimeError, match="broke the image grid"):
+            _prior(pipe, free, PROMPTS, greedy)
+        host = PriorGenerator(model, PriorGenerationConfig(device_sampling=False))
+        ours, twin = _prior(pipe, device, PROMPTS, greedy), _prior(pipe, host, PROMPTS, greedy)
+    finally:
+        weight.set_data(ms.Tensor(saved))
+    np.testing.assert_array_equal(ours.generated, twin.generated)
+    assert (ours.generated[:, :-1] == 0).all()  # every image id scores 0: argmax takes the first
+    assert ours.generated[0, -1] >= codes  # the token after the grids stays free: a marker
 
 
 def test_row_seed_batch_invariance(pipe, device):

@@ -56,13 +56,14 @@ class _SampledStep(nn.Cell):
         self.sampler = DeviceTokenSampler()
         self.end_token_id = end_token_id
 
-    def select(self, logits, index, uniforms, params, finished, flags, tokens):
-        """Sample token ``index`` (1,) of every row; a finished row keeps emitting the end marker.
+    def select(self, logits, index, uniforms, params, limits, finished, flags, tokens):
+        """Sample token ``index`` (1,) of every row among the ids below ``limits[index]``; a finished row
+        keeps emitting the end marker.
 
         ``flags`` (3,) int32: 1-based index of the first token whose logits were not finite (0: none), the
         number of non-finite logits then, 1 when every row has finished.
         """
-        token, non_finite = self.sampler(logits, ops.gather(uniforms, index, 1), params)
+        token, non_finite = self.sampler(logits, ops.gather(uniforms, index, 1), params, ops.gather(limits, index, 0))
         token = ops.where(finished, self.end_token_id, token).astype(ms.int32)
         finished = ops.logical_or(finished, token == self.end_token_id)
         bad = non_finite.sum().astype(ms.int32)
@@ -77,10 +78,10 @@ class _SampledStep(nn.Cell):
 class _SampledPrefill(_SampledStep):
     """Prompt in, first sampled token and a fresh ``DecodeState`` out."""
 
-    def construct(self, input_ids, position_ids, cache_position, attention_mask, uniforms, params):
+    def construct(self, input_ids, position_ids, cache_position, attention_mask, uniforms, params, limits):
         logits = self.step(input_ids, position_ids, cache_position, attention_mask)
         batch = input_ids.shape[0]
-        return self.select(logits, mint.zeros((1,), dtype=ms.int32), uniforms, params,
+        return self.select(logits, mint.zeros((1,), dtype=ms.int32), uniforms, params, limits,
                            mint.zeros((batch,), dtype=ms.bool_), mint.zeros((3,), dtype=ms.int32),
                            mint.zeros(uniforms.shape, dtype=ms.int32))
 
@@ -89,9 +90,9 @@ class _SampledDecode(_SampledStep):
     """Feeds the last sampled token (index ``step``) and samples the next one, reading its position and
     uniform from the generation's tables by the device-side step counter."""
 
-    def construct(self, token, step, finished, flags, tokens, positions, uniforms, start, params):
+    def construct(self, token, step, finished, flags, tokens, positions, uniforms, start, params, limits):
         logits = self.step(token, ops.gather(positions, step, 2), start + step, mint.ones_like(token))
-        return self.select(logits, step + 1, uniforms, params, finished, flags, tokens)
+        return self.select(logits, step + 1, uniforms, params, limits, finished, flags, tokens)
 
 
 @dataclasses.dataclass
@@ -113,7 +114,7 @@ class DecodeSession:
         self.graph = _CachedStep(model, cache)
         self.sampling_prefill = _SampledPrefill(model, cache, end_token_id)
         self.sampling_step = _SampledDecode(model, cache, end_token_id)
-        self._tables: tuple[Tensor, ...] = ()  # the running generation's positions, uniforms, start, params
+        self._tables: tuple[Tensor, ...] = ()  # the running generation's positions, uniforms, start, params, limits
         self._steps_left = 0
 
     @property
@@ -149,11 +150,12 @@ class DecodeSession:
         return self.graph(*self._inputs(token_ids, position_ids, None, cache_position))
 
     def sample_prefill(self, input_ids, position_ids, attention_mask, decode_positions, uniforms,
-                       params: Tensor) -> DecodeState:
+                       params: Tensor, limits: np.ndarray | None = None) -> DecodeState:
         """Prefill and sample token 0 on the device; uploads the generation's tables once.
 
         ``decode_positions`` (B, 3, N) as ``RopePositions.decode`` (row k: where token k is fed),
-        ``uniforms`` (B, N) as ``TokenSampler.uniforms``, ``params`` from ``sampling_params``.
+        ``uniforms`` (B, N) as ``TokenSampler.uniforms``, ``params`` from ``sampling_params``,
+        ``limits`` (N,): token k is picked among the ids below ``limits[k]`` (default: any id).
         """
         if decode_positions is None:
             raise ValueError("no decode positions: the prompt had no image grids (pass image_grid_thw)")
@@ -166,9 +168,11 @@ class DecodeSession:
         positions = graph_input("decode positions", np.asarray(decode_positions)[:, :, :steps].transpose(1, 0, 2),
                                 ms.int32, (3, batch, steps), "; compute them with rope_positions(...).decode")
         u = graph_input("uniforms", uniforms, ms.float32, (batch, steps))
-        self._tables = (positions, u, Tensor(np.array([self.cache.length], np.int32)), params)
+        limits = graph_input("limits", np.full(steps, np.iinfo(np.int32).max) if limits is None else limits,
+                             ms.int32, (steps,))
+        self._tables = (positions, u, Tensor(np.array([self.cache.length], np.int32)), params, limits)
         self._steps_left = steps - 1
-        return DecodeState(*self.sampling_prefill(*inputs, u, params))
+        return DecodeState(*self.sampling_prefill(*inputs, u, params, limits))
 
     def sample_step(self, state: DecodeState) -> DecodeState:
         """Feed ``state.token`` and sample the next token on the device; nothing is read back."""

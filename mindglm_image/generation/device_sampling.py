@@ -28,13 +28,17 @@ def sampling_params(config: SamplingConfig) -> Tensor:
 
 
 class DeviceTokenSampler(nn.Cell):
-    """``(logits (B, V), uniforms (B, 1), params (4,))`` -> token ids (B,) int32 and the number of
-    non-finite logits per row (B,) int32 (the in-graph half of ``finite.check_finite``)."""
+    """``(logits (B, V), uniforms (B, 1), params (4,), limit (1,))`` -> token ids (B,) int32 and the number
+    of non-finite logits per row (B,) int32 (the in-graph half of ``finite.check_finite``). Only ids below
+    ``limit`` can be picked (``limit`` = V: any id), as ``TokenSampler``'s ``allowed``."""
 
-    def construct(self, logits, uniforms, params):
+    def construct(self, logits, uniforms, params, limit):
         logits = logits.astype(ms.float32)
         vocab = logits.shape[-1]
         non_finite = ops.logical_not(ops.isfinite(logits)).astype(ms.int32).sum(-1)
+        # 0. ids at or above the limit are out (counted as non-finite above only if they were so already)
+        logits = ops.where(mint.arange(vocab, dtype=ms.int32).reshape(1, -1) < limit.reshape(1, 1), logits,
+                           float("-inf"))
         greedy = ops.argmax(logits, -1).astype(ms.int32)
         # 1. temperature; one ascending sort serves both filters
         scores = logits / params[0]

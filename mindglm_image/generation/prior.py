@@ -12,6 +12,11 @@ tokens with the flags once at the end: ``floor((N - 1) / check_every) + 1`` read
 the 1281 tokens of a 1024 x 1024 T2I image at the default 256; 1 with ``check_every=0``), against N
 with the numpy sampler. ``PriorTokens.host_syncs`` counts them.
 
+Inside the preview and full grids only image ids are sampled (``grid_ids_only``): the reference's
+``generate`` lets the model draw a grid marker or the end marker there, which leaves a grid with a
+non-image id that the DiT cannot embed. The restriction changes nothing while the model's own choice is
+an image id (greedy tokens stay the reference's); the token after the last grid is unrestricted.
+
 Graphs are compiled once per shape and reused: decode sessions are kept per (batch, cache length) and
 prompts are left-padded to a multiple of ``prompt_bucket`` so the prefill graph is shared across prompts.
 """
@@ -39,6 +44,8 @@ class PriorGenerationConfig:
     cache_bucket: int = 256       # cache length rounded up to a multiple of this, so sessions are reused
     device_sampling: bool = True  # sample inside the decode graph (False: numpy TokenSampler, a readback per token)
     check_every: int = 256        # device sampling: steps between readbacks of the end/non-finite flags (0: none)
+    grid_ids_only: bool = True    # inside the grids sample only image ids (< codebook size); False: any id, as the
+                                  # reference's generate (a marker drawn inside the grid then fails the call)
 
     def __post_init__(self):
         if self.check_every < 0:
@@ -104,8 +111,11 @@ class PriorGenerator:
         offset = batch.grid.preview_height * batch.grid.preview_width if t2i else 0
         positions = self.model.rope_positions(ids, batch.image_grid_thw, batch.images_per_sample, mask)
         session = self._session(len(ids), ids.shape[1] + new_tokens)
+        limits = np.full(new_tokens, config.text_config.vision_vocab_size, np.int32)
+        if self.cfg.grid_ids_only:
+            limits[:-1] = config.vq_config.num_embeddings  # every grid token; the last one (the end marker) is free
         run = self._sample_on_device if self.cfg.device_sampling else self._sample_on_host
-        generated, syncs = run(session, sampler, ids, mask, positions, new_tokens, progress)
+        generated, syncs = run(session, sampler, ids, mask, positions, limits, progress)
         grid_ids = generated[:, offset:offset + h * w]
         if (grid_ids >= config.vq_config.num_embeddings).any():
             raise RuntimeError("the AR model ended or broke the image grid early (non-image ids inside the grid); "
@@ -114,11 +124,13 @@ class PriorGenerator:
         return PriorTokens(generated, grid_ids, prior, syncs)
 
     def _sample_on_device(self, session: DecodeSession, sampler: TokenSampler, ids: np.ndarray, mask: np.ndarray,
-                          positions: RopePositions, new_tokens: int, progress: bool) -> tuple[np.ndarray, int]:
-        """(B, N) tokens sampled in the decode graph, and the number of readbacks it took."""
+                          positions: RopePositions, limits: np.ndarray, progress: bool) -> tuple[np.ndarray, int]:
+        """(B, N) tokens sampled in the decode graph (token k among the ids below ``limits[k]``), and the
+        number of readbacks it took."""
+        new_tokens = len(limits)
         logits_per_step = len(ids) * self.model.config.text_config.vision_vocab_size
         state = session.sample_prefill(ids, positions.prefill, mask, positions.decode,
-                                       sampler.uniforms(len(ids), new_tokens), sampling_params(sampler.config))
+                                       sampler.uniforms(len(ids), new_tokens), sampling_params(sampler.config), limits)
         syncs, steps = 0, 1
         with tqdm(total=new_tokens, desc="AR tokens", disable=not progress) as bar:
             bar.update(1)
@@ -144,14 +156,15 @@ class PriorGenerator:
         return bool(flags[2])
 
     def _sample_on_host(self, session: DecodeSession, sampler: TokenSampler, ids: np.ndarray, mask: np.ndarray,
-                        positions: RopePositions, new_tokens: int, progress: bool) -> tuple[np.ndarray, int]:
+                        positions: RopePositions, limits: np.ndarray, progress: bool) -> tuple[np.ndarray, int]:
         """The numpy twin: logits read back and sampled by ``sampler`` at every step."""
+        new_tokens = len(limits)
         eos = self.model.config.image_end_token_id
         logits = session.prefill(ids, positions.prefill, mask)
         generated = np.zeros((len(ids), new_tokens), dtype=np.int64)
         finished = np.zeros(len(ids), dtype=bool)
         for k in tqdm(range(new_tokens), desc="AR tokens", disable=not progress):
-            token = sampler(check_finite(logits, f"AR prior (token {k + 1} logits)"))
+            token = sampler(check_finite(logits, f"AR prior (token {k + 1} logits)"), int(limits[k]))
             token = np.where(finished, eos, token)   # a finished sample keeps emitting its end marker
             generated[:, k] = token
             finished |= token == eos

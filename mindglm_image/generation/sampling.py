@@ -88,8 +88,11 @@ class TokenSampler:
             scores = np.where(drop, -np.inf, scores)
         return scores
 
-    def __call__(self, logits: np.ndarray) -> np.ndarray:
-        """(B, V) logits -> (B,) int64 token ids."""
+    def __call__(self, logits: np.ndarray, allowed: int | None = None) -> np.ndarray:
+        """(B, V) logits -> (B,) int64 token ids; with ``allowed`` only ids below it can be picked."""
+        if allowed is not None and allowed < logits.shape[-1]:
+            logits = logits.astype(np.float32, copy=True)
+            logits[:, allowed:] = -np.inf
         if not self.config.do_sample:
             return np.argmax(logits, axis=-1).astype(np.int64)
         probs = _softmax(self.filtered_logits(logits)).astype(np.float64)
