@@ -1,4 +1,5 @@
-"""One idiom for host values that enter a compiled graph: ``graph_input(name, value, dtype, shape)``.
+"""One idiom for host values that enter a compiled graph: ``graph_input(name, value, dtype, shape)``, and
+one for the lengths they are padded to: ``bucketed(length, bucket)``.
 
 Graphs are compiled per input dtype and shape, so a stray int64 or float64 would compile a second graph
 and a wrong shape would fail deep inside MindSpore; this checks both up front with a message naming
@@ -12,6 +13,12 @@ from mindspore import Tensor
 
 _EXACT = (ms.bool_, ms.int8, ms.int16, ms.int32, ms.int64, ms.uint8, ms.uint16, ms.uint32, ms.uint64)
 _NUMPY = {ms.bool_: np.bool_, ms.int32: np.int32, ms.int64: np.int64, ms.float16: np.float16, ms.float32: np.float32}
+
+
+def bucketed(length: int, bucket: int) -> int:
+    """``length`` rounded up to a multiple of ``bucket`` (``bucket`` <= 0: unchanged): inputs padded to it
+    share one compiled graph across nearby lengths."""
+    return -(-length // bucket) * bucket if bucket > 0 else length
 
 
 def graph_input(name: str, value, dtype: ms.Type, shape: tuple[int, ...] | None = None, hint: str = "") -> Tensor:

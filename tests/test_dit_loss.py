@@ -96,7 +96,7 @@ def test_sigmas_are_the_schedulers_at_that_resolution():
 def test_batch_maker_dropout_padding_and_reproducibility():
     rng = np.random.default_rng(0)
     samples = [_sample(8, 12, 5, rng), _sample(8, 12, 3, rng)]
-    maker = _maker(prior_drop_prob=0.5, glyph_drop_prob=0.5)
+    maker = _maker(prior_drop_prob=0.5, glyph_drop_prob=0.5, text_bucket=4)
     batches = [maker(samples, [np.random.default_rng([s, i]) for i in range(2)]) for s in range(40)]
     again = maker(samples, [np.random.default_rng([0, i]) for i in range(2)])
     for x, y in zip(batches[0], again):
@@ -105,7 +105,8 @@ def test_batch_maker_dropout_padding_and_reproducibility():
     for batch in batches:
         glyph, drop = batch[4].asnumpy(), batch[6].asnumpy()
         kept = [s["glyph"].shape[0] for s, g in zip(samples, glyph) if not (g == 7.0).any()]
-        assert glyph.shape == (2, max(kept + [1]), 24) and drop.shape == (2, 24)
+        # padded to the longest kept glyph (5 or 3 tokens; 1 for the "" embedding) rounded up to the bucket of 4
+        assert glyph.shape == (2, -(-max(kept + [1]) // 4) * 4, 24) and drop.shape == (2, 24)
         t = glyph.shape[1]
         for i, s in enumerate(samples):
             if (glyph[i] == 7.0).any():  # dropped: the "" embedding, left-padded with zeros

@@ -29,6 +29,7 @@ from mindspore import ops
 from tqdm import tqdm
 
 from ..finite import check_finite, non_finite_error
+from ..graph_inputs import bucketed
 from ..models.ar.glm_image_ar import GlmImageForConditionalGeneration
 from ..models.ar.rope import RopePositions
 from ..models.dit.prior_tokens import upsample_prior_tokens
@@ -69,8 +70,7 @@ class PriorGenerator:
         self._sessions: dict[tuple[int, int], DecodeSession] = {}
 
     def _session(self, batch: int, needed: int) -> DecodeSession:
-        step = max(self.cfg.cache_bucket, 1)
-        length = -(-needed // step) * step
+        length = bucketed(needed, self.cfg.cache_bucket)
         key = (batch, length)
         if key not in self._sessions:
             self._sessions[key] = DecodeSession(self.model, self.model.new_kv_cache(batch, length),

@@ -36,7 +36,7 @@ from mindspore import Tensor, mint, nn, ops
 from tqdm import tqdm
 
 from ..finite import check_finite, non_finite_error
-from ..graph_inputs import graph_input
+from ..graph_inputs import bucketed, graph_input
 from ..models.dit.kv_cache import GlmImageKVCache
 from ..models.dit.transformer import transformer_inputs
 from ..scheduler.flow_match import FlowMatchEulerScheduler, image_seq_len
@@ -120,7 +120,7 @@ def denoise(transformer: nn.Cell, scheduler: FlowMatchEulerScheduler, latents: n
         height, width, cfg.vae_scale_factor, transformer.config.patch_size))
     # one padded glyph length for both passes; each pass: (embeddings, mask, prior tokens dropped)
     longest = max(glyph.shape[1], negative_glyph.shape[1] if guided else 0)
-    text_len = -(-longest // cfg.text_bucket) * cfg.text_bucket if cfg.text_bucket else longest
+    text_len = bucketed(longest, cfg.text_bucket)
     passes = [(*pad_glyph(glyph, glyph_mask, text_len), False)]
     if guided:
         passes.append((*pad_glyph(negative_glyph, None, text_len), True))

@@ -16,7 +16,7 @@ import numpy as np
 from mindspore import Tensor, mint, nn, ops
 
 from ..config.ar import GlmImageConfig
-from ..graph_inputs import graph_input
+from ..graph_inputs import bucketed, graph_input
 from ..models.ar.glm_image_ar import GlmImageForConditionalGeneration
 from ..models.ar.rope import compute_rope_positions
 
@@ -56,7 +56,7 @@ def collate_ar(samples: Sequence[dict], config: GlmImageConfig, pad_id: int = 0,
     (default: the longest sample rounded up to a multiple of ``multiple``); padding is masked out of
     attention and loss."""
     longest = max(len(s["ar_input_ids"]) for s in samples)
-    length = length or -(-longest // multiple) * multiple
+    length = length or bucketed(longest, multiple)
     if length < longest:
         raise ValueError(f"length={length} is shorter than the longest sample ({longest} tokens)")
     batch = len(samples)

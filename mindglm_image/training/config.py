@@ -60,11 +60,15 @@ class DiTLossConfig(HFConfig):
     glyph_drop_prob: float = 0.1    # per sample: replace the glyph embeddings with those of "" (CFG)
     min_timestep: int = 1           # timesteps are drawn uniformly from the integers [min, max] ...
     max_timestep: int = 1000        # ... of the scheduler's range; sigma = shift(t / 1000, mu(image size))
+    text_bucket: int = 32           # glyph lengths padded (masked) to a multiple of this, as the sampler pads them:
+                                    # batches of other quoted-text lengths reuse one compiled step (0: the longest)
 
     def validate(self) -> None:
         for name in ("prior_drop_prob", "glyph_drop_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"dit_loss.{name}={getattr(self, name)} must be a probability in [0, 1]")
+        if self.text_bucket < 0:
+            raise ConfigError(f"dit_loss.text_bucket={self.text_bucket} must be >= 0")
         if not 1 <= self.min_timestep <= self.max_timestep:
             raise ConfigError(f"dit_loss: need 1 <= min_timestep ({self.min_timestep}) <= max_timestep "
                               f"({self.max_timestep})")

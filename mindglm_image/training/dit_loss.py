@@ -18,7 +18,7 @@ import numpy as np
 from mindspore import mint, nn
 
 from ..config.dit import GlmImageTransformerConfig
-from ..graph_inputs import graph_input
+from ..graph_inputs import bucketed, graph_input
 from ..models.dit.transformer import GlmImageTransformer2DModel, transformer_inputs
 from ..scheduler.flow_match import FlowMatchEulerScheduler, calculate_shift, image_seq_len
 from .config import DiTLossConfig
@@ -69,8 +69,8 @@ class DiTBatchMaker:
 
     ``negative_glyph`` (T0, text_embed_dim) are the glyph embeddings of "" (what the pipeline's
     unconditional pass gets); a sample whose glyph is dropped gets them instead. Glyph embeddings of a
-    batch are left-padded with zeros to the longest and the padding is masked, as the pipeline does, so a
-    sample's loss does not depend on its batch-mates.
+    batch are left-padded with zeros to the longest, rounded up to ``loss.text_bucket``, and the padding is
+    masked, as the pipeline does, so a sample's loss does not depend on its batch-mates.
     """
 
     config: GlmImageTransformerConfig
@@ -107,7 +107,7 @@ class DiTBatchMaker:
         draws = {"timestep": timestep, "sigma": self.sigmas(timestep, latents.shape), "noise": np.stack(noise),
                  "drop_prior": np.asarray(drop_prior), "drop_glyph": np.asarray(drop_glyph)}
         glyphs = [self.negative_glyph if drop else s["glyph"] for s, drop in zip(samples, draws["drop_glyph"])]
-        longest = max(g.shape[0] for g in glyphs)
+        longest = bucketed(max(g.shape[0] for g in glyphs), self.loss.text_bucket)
         glyph = np.stack([np.pad(np.asarray(g, np.float32), ((longest - g.shape[0], 0), (0, 0))) for g in glyphs])
         glyph_mask = np.stack([np.arange(longest) >= longest - g.shape[0] for g in glyphs])
         prior_ids = _stack(samples, "prior_ids", np.int32)

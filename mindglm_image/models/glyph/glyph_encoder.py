@@ -16,7 +16,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import mint, ops
 
-from ...graph_inputs import graph_input
+from ...graph_inputs import bucketed, graph_input
 from ...processor.byt5_tokenizer import ByT5Tokenizer
 from ...processor.glyph_text import extract_glyph_texts
 from .t5_encoder import T5EncoderModel
@@ -63,7 +63,7 @@ class GlyphEncoder:
         # masked entries, so prompts of similar length share one compiled graph (masked keys add exact zeros)
         n, length = input_ids.shape
         rows = 1 << (n - 1).bit_length()
-        cols = -(-length // self.length_bucket) * self.length_bucket if self.length_bucket else length
+        cols = bucketed(length, self.length_bucket)
         input_ids = np.pad(input_ids, ((0, rows - n), (0, cols - length)), constant_values=self.tokenizer.pad_token_id)
         mask = np.pad(mask, ((0, rows - n), (0, cols - length)))
         n, length = input_ids.shape
