@@ -2,7 +2,7 @@
 
 Prompts containing ``nan-ar`` / ``nan-dit`` raise ``NonFiniteError`` in that stage, ``die`` SIGKILLs the DiT
 worker, ``hold`` makes the DiT stage wait for the file ``gate``. Each stage appends one line per call to
-``log`` (``ar <keys>`` / ``dit <prompt>``), so a test can watch how far a stage got.
+``log`` (``ar <prompts>`` / ``dit <prompts>``), so a test can watch how far a stage got.
 """
 from __future__ import annotations
 
@@ -45,15 +45,19 @@ class FakePipeline:
 
     def __call__(self, prompt, image=None, height=64, width=64, num_inference_steps=2, guidance_scale=1.5, seed=0,
                  prior_token_ids=None, num_images_per_prompt=1, progress=True):
-        self._note("dit " + prompt)
-        if "die" in prompt:
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        text = " ".join(prompts)
+        self._note("dit " + text)
+        if "die" in text:
             os.kill(os.getpid(), signal.SIGKILL)
-        if "nan-dit" in prompt:
+        if "nan-dit" in text:
             raise NonFiniteError("denoising step 1/2 (DiT velocity) produced 4 non-finite values (NaN/inf)")
-        while "hold" in prompt and not self.gate.exists():
+        while "hold" in text and not self.gate.exists():
             time.sleep(0.05)
-        pixel = np.full((4, 4, 3), int(prior_token_ids[0, 0]) % 256, np.uint8)  # the prior reaches the image
-        return SimpleNamespace(images=[Image.fromarray(pixel)] * num_images_per_prompt, timings=FakeTimings())
+        images = []
+        for row in prior_token_ids:  # each prompt's prior reaches its images
+            images += [Image.fromarray(np.full((4, 4, 3), int(row[0]) % 256, np.uint8))] * num_images_per_prompt
+        return SimpleNamespace(images=images, timings=FakeTimings())
 
 
 @dataclasses.dataclass(frozen=True)

@@ -92,18 +92,24 @@ def test_prior_queue_is_bounded_and_requests_are_pulled_lazily(tmp_path):
 
 
 def test_failing_items_are_reported_and_the_rest_finish(tmp_path):
-    """NonFiniteError in the AR stage (inside a batch: retried prompt by prompt) or in the DiT stage fails that
-    item only; every other item of the batch is generated."""
+    """NonFiniteError in the AR stage or in the DiT stage (inside a batch: retried prompt by prompt) fails that
+    item only; every other item of the batch is generated. The DiT stage takes an AR batch's items of the
+    same settings in one call."""
     requests = [_request("a", seed=1), _request("b", "nan-ar here", 2), _request("c", seed=3),
-                _request("d", "nan-dit here", 4), _request("e", seed=5)]
+                _request("d", "nan-dit here", 4), _request("e", seed=5), GenerationRequest("f", "a dog", 6, 64, 64, 3, 1.5)]
     results = {r.request.key: r for r in run_engine(requests, FakeLoader(str(tmp_path)), EngineConfig(max_ar_batch=3))}
-    assert sorted(results) == list("abcde")
+    assert sorted(results) == list("abcdef")
     assert results["b"].error.startswith("AR stage: NonFiniteError: AR prior") and not results["b"].images
     assert results["d"].error.startswith("DiT stage: NonFiniteError: denoising step 1/2")
     assert all(results[k].error is None and np.asarray(results[k].images[0])[0, 0, 0] == seed
                for k, seed in (("a", 1), ("c", 3), ("e", 5)))
     ar_calls = [line for line in (tmp_path / "log").read_text().splitlines() if line.startswith("ar ")]
     assert ar_calls[:4] == ["ar a cat nan-ar here a cat", "ar a cat", "ar nan-ar here", "ar a cat"]  # batch, then singly
+    assert results["f"].error is None and np.asarray(results["f"].images[0])[0, 0, 0] == 6
+    dit_calls = [line for line in (tmp_path / "log").read_text().splitlines() if line.startswith("dit ")]
+    # the failed AR batch reaches the DiT stage as single items; d and e share a call (it fails: then singly),
+    # f has other steps: a call of its own
+    assert dit_calls == ["dit a cat", "dit a cat", "dit nan-dit here a cat", "dit nan-dit here", "dit a cat", "dit a dog"]
     with pytest.raises(EngineError, match="the (AR|DIT) stage could not start: FileNotFoundError: no model here"):
         list(run_engine(requests, FakeLoader(str(tmp_path), broken=True)))
 

@@ -22,7 +22,8 @@ embeddings in the DiT (the reference attends to it), so rebatching or resharding
 
 Overlap (``overlap: true``, the default): items go through the stage-overlap engine (``pipeline/engine.py``):
 the AR stage decodes up to ``max_ar_batch`` items of one grid size together while the DiT + VAE stage works
-on earlier items one at a time; same images, same records, same claims and resume as without it. Items are
+on earlier AR batches (their text-to-image items of the same settings together, up to ``max_dit_batch``);
+same images, same records, same claims and resume as without it. Items are
 claimed as the engine pulls them, so two runs on one folder still share the work.
 """
 from __future__ import annotations
@@ -66,7 +67,8 @@ class BatchJobConfig(HFConfig):
     batch_size: int = 1                 # text-to-image items generated together (overlap false)
     overlap: bool = True                # AR and DiT + VAE stages run concurrently (pipeline/engine.py)
     max_ar_batch: int = 8               # overlap: items of one grid size decoded together by the AR stage
-    prior_queue: int = 2                # overlap: AR results waiting for the DiT stage (the AR stage blocks when full)
+    max_dit_batch: int = 8              # overlap: text-to-image items of one AR batch denoised together
+    prior_queue: int = 2                # overlap: AR batches waiting for the DiT stage (the AR stage blocks when full)
     engine_mode: str = "auto"           # overlap: processes (CPU, several NPUs), streams (one NPU) or auto
     ar_workers: int = 1                 # overlap, processes: AR stage processes (one NPU each on Ascend)
     dit_workers: int = 1                # overlap, processes: DiT + VAE stage processes (one NPU each on Ascend)
@@ -80,7 +82,7 @@ class BatchJobConfig(HFConfig):
         if self.extra:
             raise ConfigError(f"unknown job setting(s) {sorted(self.extra)}; known: "
                               f"{[f.name for f in dataclasses.fields(self) if f.name != 'extra']}")
-        for name in ("batch_size", "max_ar_batch", "prior_queue"):
+        for name in ("batch_size", "max_ar_batch", "max_dit_batch", "prior_queue"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be at least 1")
         try:
@@ -105,7 +107,8 @@ class BatchJobConfig(HFConfig):
         """The stage-overlap engine's settings of this job."""
         from ..pipeline.engine import EngineConfig
 
-        return EngineConfig(mode=self.engine_mode, max_ar_batch=self.max_ar_batch, queue_size=self.prior_queue,
+        return EngineConfig(mode=self.engine_mode, max_ar_batch=self.max_ar_batch, max_dit_batch=self.max_dit_batch,
+                            queue_size=self.prior_queue,
                             ar_workers=self.ar_workers, dit_workers=self.dit_workers, device_ids=tuple(self.device_ids))
 
 

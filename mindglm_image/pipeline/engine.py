@@ -1,8 +1,8 @@
 """Stage-overlap generation engine: the AR stage of later prompts runs while the DiT + VAE stage decodes
 earlier ones, with a bounded queue of prior tokens between them.
 
-    requests ──► AR stage ──(bounded queue of priors)──► DiT + VAE stage ──► results (completion order)
-                 prompts of one grid size batched         one prompt's images at a time
+    requests ──► AR stage ──(bounded queue of AR batches)──► DiT + VAE stage ──► results (completion order)
+                 prompts of one grid size batched             the same batch, split where settings differ
 
 Two placements run the same stage loops (``_ar_loop`` / ``_dit_loop``):
 
@@ -16,8 +16,11 @@ Two placements run the same stage loops (``_ar_loop`` / ``_dit_loop``):
 - ``streams`` (one NPU): both stages as threads of this process on one loaded pipeline, each issuing its
   kernels on its own ``mindspore.runtime.Stream``. Untested: it needs an NPU and none was available.
 
-Per-item outputs do not depend on the overlap: each prompt's AR samples come from its own row seed and the
-DiT stage runs one prompt at a time with the pipeline's per-prompt seed, exactly as a sequential batch of one.
+Per-item outputs do not depend on the overlap: each prompt's AR samples come from its own row seed, and the
+DiT stage draws each prompt's noise from its own seed (the pipeline's per-prompt seeds), so a prompt's images
+are those of a sequential batch of one up to float rounding of the batched matrix products (at most one
+uint8 level in the tests). Text-to-image prompts of one AR batch that share size, steps, guidance and image
+count are denoised and decoded together (``max_dit_batch``); image-to-image prompts one at a time.
 """
 from __future__ import annotations
 
@@ -49,7 +52,8 @@ class EngineConfig:
 
     mode: str = "auto"                  # auto (see choose_mode), processes or streams
     max_ar_batch: int = 8               # prompts of one grid size decoded together by the AR stage
-    queue_size: int = 2                 # AR results waiting for the DiT stage; the AR stage blocks when full
+    max_dit_batch: int = 8              # text-to-image prompts of one AR batch denoised together (same settings)
+    queue_size: int = 2                 # AR batches waiting for the DiT stage; the AR stage blocks when full
     ar_workers: int = 1                 # AR stage processes (processes mode)
     dit_workers: int = 1                # DiT + VAE stage processes (processes mode)
     device_ids: tuple[int, ...] = ()    # NPUs of the workers, AR workers' first (processes mode on Ascend)
@@ -59,7 +63,7 @@ class EngineConfig:
     def validate(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"engine mode {self.mode!r} is not one of {MODES}")
-        for name in ("max_ar_batch", "queue_size", "ar_workers", "dit_workers"):
+        for name in ("max_ar_batch", "max_dit_batch", "queue_size", "ar_workers", "dit_workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
         if self.stage_threads < 0 or not self.stall_timeout_s > 0:
@@ -100,6 +104,11 @@ class GenerationRequest:
     def grid_key(self) -> tuple[int, int, int]:
         """Requests that may share one AR batch: same size, same number of reference images."""
         return self.height, self.width, len(self.images)
+
+    @property
+    def dit_key(self) -> tuple | None:
+        """Requests that may share one DiT + VAE call: text-to-image with the same settings (None: alone)."""
+        return None if self.images else (self.height, self.width, self.steps, self.guidance_scale, self.num_images)
 
 
 @dataclasses.dataclass
@@ -177,24 +186,47 @@ def _ar_loop(pipe, inbox, priors, results, sampling: dict) -> None:
                     results.put(("error", part[0].key, f"AR stage: {_describe(err)}"))
                 continue
             share = (time.perf_counter() - start) / len(part)
-            for request, row in zip(part, rows):
-                priors.put((request, row, share, tokens))
+            priors.put([(request, row, share, tokens) for request, row in zip(part, rows)])
         results.put(("ar_done", None))
 
 
-def _dit_loop(pipe, priors, results) -> None:
-    """Denoise and decode each prompt's images from its prior (one prompt per pipeline call)."""
-    while (task := priors.get()) is not None:
-        request, row, ar_seconds, tokens = task
-        try:
-            out = pipe(request.prompt, image=list(request.images) or None, height=request.height, width=request.width,
-                       num_inference_steps=request.steps, guidance_scale=request.guidance_scale, seed=[request.seed],
-                       prior_token_ids=np.asarray(row)[None], num_images_per_prompt=request.num_images, progress=False)
-        except Exception as err:  # noqa: BLE001 - any failure of one item is that item's result
-            results.put(("error", request.key, f"DiT stage: {_describe(err)}"))
-            continue
-        timings = dataclasses.replace(out.timings, ar_seconds=ar_seconds, ar_tokens=tokens)
-        results.put(("done", request.key, [np.asarray(image) for image in out.images], timings))
+def _dit_batches(tasks: list[tuple], limit: int) -> Iterator[list[tuple]]:
+    """Consecutive tasks of one AR batch with the same ``dit_key``, at most ``limit`` per call."""
+    batch: list[tuple] = []
+    for task in tasks:
+        key = task[0].dit_key
+        if batch and (key is None or key != batch[0][0].dit_key or len(batch) >= limit):
+            yield batch
+            batch = []
+        batch.append(task)
+    if batch:
+        yield batch
+
+
+def _dit_loop(pipe, priors, results, max_batch: int) -> None:
+    """Denoise and decode the prompts of each AR batch from their priors, ``_dit_batches`` per pipeline call;
+    a call that fails is retried prompt by prompt so only the failing prompt is reported."""
+    while (tasks := priors.get()) is not None:
+        pending = list(_dit_batches(tasks, max_batch))[::-1]
+        while pending:
+            batch = pending.pop()
+            request = batch[0][0]
+            try:
+                out = pipe([r.prompt for r, *_ in batch], image=list(request.images) or None, height=request.height,
+                           width=request.width, num_inference_steps=request.steps,
+                           guidance_scale=request.guidance_scale, seed=[r.seed for r, *_ in batch],
+                           prior_token_ids=np.stack([np.asarray(row) for _, row, *_ in batch]),
+                           num_images_per_prompt=request.num_images, progress=False)
+            except Exception as err:  # noqa: BLE001 - any failure of one item is that item's result
+                if len(batch) > 1:
+                    pending.extend([task] for task in reversed(batch))
+                else:
+                    results.put(("error", request.key, f"DiT stage: {_describe(err)}"))
+                continue
+            n = request.num_images
+            for i, (item, _, ar_seconds, tokens) in enumerate(batch):  # the call's timings are shared by its prompts
+                timings = dataclasses.replace(out.timings, ar_seconds=ar_seconds, ar_tokens=tokens)
+                results.put(("done", item.key, [np.asarray(image) for image in out.images[i * n:(i + 1) * n]], timings))
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -208,7 +240,7 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def _process_worker(stage: str, loader: Callable, parent: int, device_id: int | None, threads: int,
-                    inbox, priors, results, sampling: dict) -> None:
+                    inbox, priors, results, sampling: dict, dit_batch: int) -> None:
     """Entry of a stage process: placement first (before MindSpore is imported), then the stage loop."""
     _exit_with_parent(parent)
     for name in _CLUSTER_ENV:
@@ -225,7 +257,7 @@ def _process_worker(stage: str, loader: Callable, parent: int, device_id: int | 
     if stage == "ar":
         _ar_loop(pipe, inbox, priors, results, sampling)
     else:
-        _dit_loop(pipe, priors, results)
+        _dit_loop(pipe, priors, results, dit_batch)
 
 
 class _Workers:
@@ -245,14 +277,14 @@ class _Workers:
             for index, stage in enumerate(stages):
                 process = ctx.Process(target=_process_worker, name=f"mindglm-{stage}-{index}", daemon=True,
                                       args=(stage, loader, os.getpid(), ids[index], threads, self.inbox, self.priors,
-                                            self.results, sampling))
+                                            self.results, sampling, config.max_dit_batch))
                 process.start()
                 self.handles.append((stage, process))
         else:
             self.inbox, self.priors, self.results = queue.Queue(), queue.Queue(config.queue_size), queue.Queue()
-            self._start_stream_threads(loader, sampling)
+            self._start_stream_threads(loader, sampling, config.max_dit_batch)
 
-    def _start_stream_threads(self, loader: Callable, sampling: dict) -> None:
+    def _start_stream_threads(self, loader: Callable, sampling: dict, dit_batch: int) -> None:
         """One NPU: both stages share one pipeline, each on its own device stream. Graph cells are not
         re-entrant, and both stages use the vision encoder for reference images (the AR stage to encode them,
         the DiT stage again inside ``pipe``), so image-to-image calls take one lock around it."""
@@ -273,7 +305,7 @@ class _Workers:
                 if stage == "ar":
                     _ar_loop(pipe, self.inbox, self.priors, self.results, sampling)
                 else:
-                    _dit_loop(pipe, self.priors, self.results)
+                    _dit_loop(pipe, self.priors, self.results, dit_batch)
 
         for stage in ("ar", "dit"):
             thread = threading.Thread(target=run, args=(stage,), name=f"mindglm-{stage}-stream", daemon=True)
