@@ -53,6 +53,9 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=20, help="denoising steps")
     parser.add_argument("--guidance", type=float, default=1.5, help="classifier-free guidance scale")
     parser.add_argument("--edits", action="store_true", help="also score image-to-image edits")
+    parser.add_argument("--temperature", type=float, help="AR sampling temperature (default: the model's generation_config)")
+    parser.add_argument("--top-p", type=float, help="AR nucleus sampling mass (default: the model's generation_config)")
+    parser.add_argument("--greedy", action="store_true", help="greedy AR decoding instead of sampling")
     parser.add_argument("--target-prior", action="store_true",
                         help="text-to-image from the VQ ids of each held-out image instead of the AR's tokens: "
                              "the score of the DiT, VAE and tokenizer alone (the ceiling a perfect AR reaches)")
@@ -84,8 +87,10 @@ def main() -> int:
             if args.target_prior and not edits:
                 _, _, upsampled = pipe.encode_references([[Image.open(data / record["image"]).convert("RGB")]])
                 prior = upsampled[0][0][None]
+            sampling = pipe.sampling_config(seed=i, temperature=args.temperature, top_p=args.top_p,
+                                            do_sample=False if args.greedy else None)
             result = pipe(prompt, image=image, height=128, width=128, num_inference_steps=args.steps,
-                          guidance_scale=args.guidance, seed=i, prior_token_ids=prior, progress=False)
+                          guidance_scale=args.guidance, seed=i, sampling=sampling, prior_token_ids=prior, progress=False)
             save_image_atomic(result.images[0], path)
         subset = out / f"{name}.jsonl"  # the scored records: the first n
         write_text_atomic(subset, "".join(json.dumps(r) + "\n" for r in records))

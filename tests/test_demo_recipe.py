@@ -13,7 +13,7 @@ import pytest
 
 from mindglm_image.config.base import ConfigError
 from mindglm_image.demo.init_model import DEMO_CONFIG_DIR
-from mindglm_image.demo.recipe import STAGES, TIMINGS, DemoRecipeConfig, run_recipe
+from mindglm_image.demo.recipe import STAGES, TIMINGS, DemoRecipeConfig, run_recipe, stage_outputs
 from mindglm_image.training.checkpoint import TRAINING_ONLY_PREFIX
 from mindglm_image.weights.safetensors_io import SafetensorsFile
 
@@ -41,6 +41,29 @@ def test_bad_recipe_config_fails_before_any_stage(tmp_path):
     with pytest.raises(ConfigError, match="batch_size"):
         DemoRecipeConfig.from_dict({"work_dir": str(tmp_path), "dit": {"batch_size": 0}})
     assert not any(tmp_path.iterdir())
+
+
+def test_init_from_starts_the_stages_from_a_finished_model(tmp_path):
+    """``init_from``: the init stage copies that folder (the later stages then continue training it); a folder
+    that is not a model is refused before any stage."""
+    with pytest.raises(ConfigError, match="init_from='nowhere' is not a model folder"):
+        DemoRecipeConfig.from_dict({"work_dir": str(tmp_path / "w"), "init_from": "nowhere"})
+    source = tmp_path / "finished"
+    files = {"model_index.json": '{"_class_name": "GlmImagePipeline"}', "vae/config.json": '{"latent_channels": 4}',
+             "vae/diffusion_pytorch_model.safetensors": "weights"}
+    for name, text in files.items():
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_text(text)
+    work = tmp_path / "work"
+    for stage, marker in stage_outputs(work).items():  # every other stage counts as finished
+        if stage != "init":
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text("{}")
+    logs: list[str] = []
+    run_recipe(DemoRecipeConfig.from_dict({"work_dir": str(work), "init_from": str(source)}), progress=False,
+               log=logs.append)
+    assert [line for line in logs if "running" in line] == ["[train-demo] init: running"]
+    assert {str(f.relative_to(work / "init")): f.read_text() for f in (work / "init").rglob("*") if f.is_file()} == files
 
 
 @pytest.mark.slow

@@ -5,7 +5,8 @@ Stages, each in its own folder under ``work_dir`` and skipped once its output ex
 killed resumes from its newest checkpoint, as every training job does):
 
 1. ``data``     synthetic scenes (``make-demo-data``)
-2. ``init``     the random model at ``configs/demo`` sizes with the demo tokenizer
+2. ``init``     the random model at ``configs/demo`` sizes with the demo tokenizer, or a copy of a finished
+                model (``init_from``: every later stage then continues training it)
 3. ``vae``      AutoencoderKL from pixels (``train-vae``) on small random crops (cheap steps)
 4. ``vae_full`` the same VAE fine-tuned on whole images, latent statistics into its config: its GroupNorm
                 statistics and mid-block attention were fitted on crops, and on a whole flat-coloured scene
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..atomic import copy_tree, write_json_atomic
-from ..config.base import HFConfig
+from ..config.base import ConfigError, HFConfig
 from ..training.config import TrainConfig
 from ..training.data import INDEX, PrepareDataConfig
 from ..training.export import MODEL_DIR
@@ -48,6 +49,7 @@ class DemoRecipeConfig(HFConfig):
     work_dir: str = "outputs/demo"   # one sub-folder per stage; rerunning the recipe resumes here
     seed: int = 0                    # seed of the random initial model
     model_configs: str = ""          # folder of the initial model's per-part config JSONs (default configs/demo)
+    init_from: str = ""              # a finished model folder to continue from instead of a random model ("": random)
     device: str | None = None        # CPU or Ascend for every training stage (default: $MINDGLM_DEVICE or CPU)
     data: DemoDataConfig = dataclasses.field(default_factory=DemoDataConfig)          # make-demo-data options
     prepare: PrepareDataConfig = dataclasses.field(default_factory=PrepareDataConfig)  # prepare-data options
@@ -58,6 +60,9 @@ class DemoRecipeConfig(HFConfig):
     ar: dict = dataclasses.field(default_factory=dict)   # TrainConfig fields of train-ar
 
     def validate(self) -> None:
+        if self.init_from and not (Path(self.init_from) / "model_index.json").is_file():
+            raise ConfigError(f"init_from={self.init_from!r} is not a model folder (no model_index.json); point it at a "
+                              f"finished model such as mindglm_image/demo/model, or leave it empty for a random model")
         for stage in ("vae", "vae_full", "vq", "dit", "ar"):  # every job config is checked before the first stage runs
             _job(self, stage, Path("model"), Path("data"))
 
@@ -100,8 +105,9 @@ def run_recipe(cfg: DemoRecipeConfig, out: str | Path | None = None, progress: b
                 "dit": work / "vq" / MODEL_DIR, "ar": work / "dit" / MODEL_DIR}
     runs = {
         "data": lambda: write_demo_dataset(data, cfg.data, progress=progress),
-        "init": lambda: make_demo_init(work / "init", seed=cfg.seed, overwrite=True,
-                                       config_dir=cfg.model_configs or DEMO_CONFIG_DIR),
+        "init": lambda: (copy_tree(Path(cfg.init_from), work / "init") if cfg.init_from else
+                         make_demo_init(work / "init", seed=cfg.seed, overwrite=True,
+                                        config_dir=cfg.model_configs or DEMO_CONFIG_DIR)),
         "vae": lambda: train_vae(_job(cfg, "vae", model_of["vae"], train_jsonl), progress=progress),
         "vae_full": lambda: train_vae(_job(cfg, "vae_full", model_of["vae_full"], train_jsonl), progress=progress),
         "vq": lambda: train_vq(_job(cfg, "vq", model_of["vq"], train_jsonl), progress=progress),
