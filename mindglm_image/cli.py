@@ -185,7 +185,8 @@ def _prepare_data(args: argparse.Namespace) -> int:
     pipe = GlmImagePipeline.from_pretrained(args.model, dtype=default_compute_dtype(device))
     out = prepare_dataset(args.data, args.model, args.out, config, pipe=pipe, overwrite=args.overwrite)
     ds = PreparedDataset(out)
-    buckets = ", ".join(f"{h}x{w}: {len(i)}" for (h, w), i in sorted(ds.buckets().items()))
+    buckets = ", ".join(f"{h}x{w}{f' with {refs} reference(s)' if refs else ''}: {len(i)}"
+                        for (h, w, refs, *_), i in sorted(ds.buckets().items()))
     print(f"prepared {len(ds)} samples in {out} (buckets {buckets}); skipped {len(ds.skipped)}")
     for item in ds.skipped:
         print(f"  skipped {item['id']}: {item['reason']}")

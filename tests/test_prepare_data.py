@@ -65,7 +65,10 @@ def test_prepared_samples_follow_the_contract(setup):
     assert "smaller than min_side=32" in reasons["small"] and reasons["nocap"] == "empty caption"
     assert len(ds.index["shards"]) == 2
     buckets = ds.buckets()
-    assert all(h % 32 == 0 and w % 32 == 0 for h, w in buckets)
+    assert all(h % 32 == 0 and w % 32 == 0 for h, w, *_ in buckets)
+    # the edit and "gray" share a target size but not a bucket: an edit batch carries its reference images
+    bucket_of = {ds.samples[i]["id"]: key for key, members in buckets.items() for i in members}
+    assert bucket_of["edit"] == (*bucket_of["gray"][:2], 1, 64, 64) and bucket_of["gray"][2:] == (0,)
     assert {ds.samples[i]["id"]: tuple(ds.samples[i]["size"]) for i in range(4)}["wide"][1] > 64  # landscape bucket
 
     cfg = pipe.vision_language_encoder.config

@@ -312,7 +312,9 @@ def prepare_dataset(dataset: str | os.PathLike, model: str | os.PathLike, out: s
         else:
             index = len(state["samples"]) + len(pending)
             pending.append(({"id": sample.id, "index": index, "size": arrays["size"].tolist(),
-                             "references": len(sample.sources)}, arrays))
+                             "references": len(sample.sources),
+                             "reference_sizes": [arrays[f"ref_size_{k}"].tolist() for k in range(len(sample.sources))]},
+                            arrays))
         bar.update(1)
         if len(pending) >= config.shard_size:
             state["skipped"] += skipped_now
@@ -349,10 +351,13 @@ class PreparedDataset:
     def __len__(self) -> int:
         return len(self.samples)
 
-    def buckets(self) -> dict[tuple[int, int], list[int]]:
-        out: dict[tuple[int, int], list[int]] = {}
+    def buckets(self) -> dict[tuple[int, ...], list[int]]:
+        """Samples that can share a batch: same size, same number and sizes of reference images (a
+        text-to-image sample and an edit need different DiT graphs)."""
+        out: dict[tuple[int, ...], list[int]] = {}
         for i, entry in enumerate(self.samples):
-            out.setdefault(tuple(entry["size"]), []).append(i)
+            refs = [side for size in entry.get("reference_sizes", []) for side in size]
+            out.setdefault((*entry["size"], entry.get("references", 0), *refs), []).append(i)
         return out
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:

@@ -134,8 +134,8 @@ class DiTBatchMaker:
 def _ref_count(samples: list[dict]) -> int:
     counts = {sum(key.startswith("ref_latents_") for key in s) for s in samples}
     if len(counts) > 1:
-        raise ValueError(f"one batch mixes samples with {sorted(counts)} reference images; editing data with "
-                         "varying reference counts needs batch_size 1")
+        raise ValueError(f"one batch mixes samples with {sorted(counts)} reference images; prepare-data's buckets "
+                         "keep them apart (rerun prepare-data on data prepared before they did), or use batch_size 1")
     return counts.pop()
 
 

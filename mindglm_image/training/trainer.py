@@ -29,7 +29,7 @@ class TrainingDataset(Protocol):
     """What the trainer reads (``training.data.PreparedDataset`` or any in-memory equivalent)."""
 
     def __len__(self) -> int: ...
-    def buckets(self) -> dict[tuple[int, int], list[int]]: ...
+    def buckets(self) -> dict[tuple[int, ...], list[int]]: ...
     def __getitem__(self, index: int) -> dict: ...
 
 
@@ -37,7 +37,7 @@ class TrainingDataset(Protocol):
 BatchMaker = Callable[[list[dict], list[np.random.Generator]], tuple]
 
 
-def epoch_plan(buckets: dict[tuple[int, int], list[int]], global_batch: int, seed: int, epoch: int) -> list[np.ndarray]:
+def epoch_plan(buckets: dict[tuple[int, ...], list[int]], global_batch: int, seed: int, epoch: int) -> list[np.ndarray]:
     """Global micro-batches (arrays of dataset indices) of one epoch, in training order."""
     rng = np.random.default_rng([seed, epoch])
     chunks = []
