@@ -25,6 +25,14 @@ def _records(jsonl: Path, n: int) -> list[dict]:
     return [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines() if line.strip()][:n]
 
 
+def _score(out: Path, name: str, records: list[dict]) -> dict:
+    """The checker's report of ``<out>/<name>/<id>.png`` against ``records`` (written to ``<out>/<name>.jsonl``,
+    the scored subset)."""
+    subset = out / f"{name}.jsonl"
+    write_text_atomic(subset, "".join(json.dumps(r) + "\n" for r in records))
+    return check_records(subset, out / name)[0]
+
+
 def vae_reconstruction_error(pipe, data: Path, records: list[dict], folder: Path) -> float:
     """Mean absolute error (0-255 pixels) of VAE encode (posterior mode) + decode over the records' images;
     the reconstructions are written to ``folder`` as ``<id>.png`` so the checker can score them (the ceiling
@@ -69,8 +77,7 @@ def main() -> int:
     data, out = Path(args.data), Path(args.out)
     heldout = _records(data / "heldout.jsonl", args.n)
     reports = {"vae_reconstruction": vae_reconstruction_error(pipe, data, heldout, out / "vae")}
-    write_text_atomic(out / "vae.jsonl", "".join(json.dumps(r) + "\n" for r in heldout))
-    reports["vae"], _ = check_records(out / "vae.jsonl", out / "vae")
+    reports["vae"] = _score(out, "vae", heldout)
     for name, edits in (("heldout", False), ("edit_heldout", True)):
         if edits and not args.edits:
             continue
@@ -92,9 +99,7 @@ def main() -> int:
             result = pipe(prompt, image=image, height=128, width=128, num_inference_steps=args.steps,
                           guidance_scale=args.guidance, seed=i, sampling=sampling, prior_token_ids=prior, progress=False)
             save_image_atomic(result.images[0], path)
-        subset = out / f"{name}.jsonl"  # the scored records: the first n
-        write_text_atomic(subset, "".join(json.dumps(r) + "\n" for r in records))
-        reports[name], _ = check_records(subset, folder)
+        reports[name] = _score(out, name, records)
     write_json_atomic(out / "report.json", reports)
     print(json.dumps(reports, indent=2))
     return 0

@@ -139,16 +139,18 @@ class PipelineLoader:
         return GlmImagePipeline.from_pretrained(self.model, dtype=default_compute_dtype(device), lora=list(self.lora))
 
 
-def _ar_groups(requests: Iterator[GenerationRequest], limit: int) -> Iterator[list[GenerationRequest]]:
-    """Consecutive requests of one grid key, at most ``limit`` per group (pulled lazily)."""
-    group: list[GenerationRequest] = []
-    for request in requests:
-        if group and (request.grid_key != group[0].grid_key or len(group) >= limit):
-            yield group
-            group = []
-        group.append(request)
-    if group:
-        yield group
+def _runs(items: Iterable, key: Callable, limit: int) -> Iterator[list]:
+    """Consecutive items of one ``key``, at most ``limit`` per run, pulled lazily; an item whose key is
+    None runs alone. The AR stage's groups (``grid_key``) and the DiT stage's calls (``dit_key``)."""
+    run: list = []
+    for item in items:
+        k = key(item)
+        if run and (k is None or k != key(run[0]) or len(run) >= limit):
+            yield run
+            run = []
+        run.append(item)
+    if run:
+        yield run
 
 
 def _describe(err: BaseException) -> str:
@@ -190,24 +192,11 @@ def _ar_loop(pipe, inbox, priors, results, sampling: dict) -> None:
         results.put(("ar_done", None))
 
 
-def _dit_batches(tasks: list[tuple], limit: int) -> Iterator[list[tuple]]:
-    """Consecutive tasks of one AR batch with the same ``dit_key``, at most ``limit`` per call."""
-    batch: list[tuple] = []
-    for task in tasks:
-        key = task[0].dit_key
-        if batch and (key is None or key != batch[0][0].dit_key or len(batch) >= limit):
-            yield batch
-            batch = []
-        batch.append(task)
-    if batch:
-        yield batch
-
-
 def _dit_loop(pipe, priors, results, max_batch: int) -> None:
-    """Denoise and decode the prompts of each AR batch from their priors, ``_dit_batches`` per pipeline call;
+    """Denoise and decode the prompts of each AR batch from their priors, one run of ``dit_key`` per pipeline call;
     a call that fails is retried prompt by prompt so only the failing prompt is reported."""
     while (tasks := priors.get()) is not None:
-        pending = list(_dit_batches(tasks, max_batch))[::-1]
+        pending = list(_runs(tasks, lambda task: task[0].dit_key, max_batch))[::-1]
         while pending:
             batch = pending.pop()
             request = batch[0][0]
@@ -350,7 +339,7 @@ def run_engine(requests: Iterable[GenerationRequest], loader: Callable, config: 
     checkpoint's sampling config (``pipe.sampling_config``)."""
     config.validate()
     mode = choose_mode(config, device or os.environ.get("MINDGLM_DEVICE", "CPU"))
-    groups = _ar_groups(iter(requests), config.max_ar_batch)
+    groups = _runs(iter(requests), lambda request: request.grid_key, config.max_ar_batch)
     first = next(groups, None)
     if first is None:  # nothing to do (a resumed job that is complete): no worker is started
         return
