@@ -81,6 +81,23 @@ def test_i2i_greedy_tokens_and_image_match_reference(pipe, ref, parity_report, n
     assert_parity(parity_report, f"pipeline/{name}_pixels", out.pixels, data[f"{name}_pixels"], tol=1e-4)
 
 
+def test_cpu_twins_match_reference(ref, tiny, parity_report, monkeypatch):
+    """The whole model with every C++ twin on (MINDGLM_KERNELS=fused): the two-reference edit (vision encoder,
+    AR prefill and decode over the static cache, DiT with the reference-image cache, glyph T5, VAE) gives the
+    reference's greedy tokens and its picture within 1e-4."""
+    from mindglm_image.ops import cpu_twins
+
+    folder, data, meta = ref
+    monkeypatch.setenv("MINDGLM_KERNELS", "fused")
+    fused = GlmImagePipeline.from_pretrained(tiny)
+    assert isinstance(fused.transformer.transformer_blocks[0].attn1.attention, cpu_twins.AttentionTwin)
+    refs = [Image.open(folder / f"i2i2_ref{i}.png").convert("RGB") for i in range(len(meta["i2i2"]["sizes"]))]
+    out = fused(meta["prompt"], image=refs, height=meta["height"], width=meta["width"], num_inference_steps=meta["steps"],
+                guidance_scale=meta["guidance"], sampling=GREEDY, latents=data["latents"], progress=False)
+    np.testing.assert_array_equal(out.prior.prior_ids, data["i2i2_prior"])
+    assert_parity(parity_report, "pipeline/i2i2_pixels_cpu_twins", out.pixels, data["i2i2_pixels"], tol=1e-4)
+
+
 def test_bad_requests_are_named(pipe, tiny, tmp_path):
     with pytest.raises(ValueError, match="not a multiple of 32"):
         pipe("x", height=100, width=64)

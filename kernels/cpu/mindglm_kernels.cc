@@ -39,6 +39,129 @@ inline void normalize(const float *x, float *y, int64_t d, float eps) {
   for (int64_t j = 0; j < d; ++j) y[j] = (x[j] - mean) * r;
 }
 
+// Attention building blocks, register-blocked like a GEMM micro-kernel. `vf` is one machine vector
+// (GCC/Clang vector extensions): 16 fp32 lanes with AVX-512 (32 registers: a micro-kernel keeps 6 rows x
+// 4 accumulators), 8 with AVX2 (16 registers: 6 rows x 2). Twelve or more independent accumulators keep
+// both FMA pipes busy through their 4-cycle latency.
+#if defined(__AVX512F__)
+constexpr int kLanes = 16, kChunk = 4;
+#else
+constexpr int kLanes = 8, kChunk = 2;
+#endif
+typedef float vf __attribute__((vector_size(4 * kLanes)));
+typedef int32_t vi __attribute__((vector_size(4 * kLanes)));
+constexpr int64_t kTile = 64, kMicro = 6, kBlock = 20 * kMicro;  // keys per tile, rows per micro-kernel, per task
+
+inline vf load(const float *p) {
+  vf x;
+  std::memcpy(&x, p, sizeof x);
+  return x;
+}
+inline void store(float *p, vf x) { std::memcpy(p, &x, sizeof x); }
+inline vf splat(float x) { return x - vf{}; }  // a broadcast (x - 0 folds to x; x + 0 would not, for x = -0)
+
+// exp per lane (Cephes expf: 2^n * p(r), |r| <= ln2/2, about 1 ulp); below -87.3 it gives ~1e-38
+// instead of 0 (callers zero what must weigh exactly 0).
+inline vf exp_v(vf x) {
+  x = x < splat(-87.3f) ? splat(-87.3f) : x;
+  x = x > splat(88.3f) ? splat(88.3f) : x;
+  const vf fx = x * 1.44269504088896341f + 0.5f;
+  vf n = __builtin_convertvector(__builtin_convertvector(fx, vi), vf);
+  n = n > fx ? n - 1.f : n;  // floor
+  const vf r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  vf p = splat(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.f;
+  const vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
+  vf two_n;
+  std::memcpy(&two_n, &bits, sizeof two_n);
+  return p * two_n;
+}
+
+// One row's online-softmax step over a key tile: scores += bias (n valid keys), p = exp(scores - m_new)
+// (exactly 0 past n), running max m and sum l updated; returns the factor that rescales the row's output.
+inline float softmax_tile(float *sc, const float *bias, int64_t n, float &m, float &l, float *p) {
+  vf top = splat(-INFINITY);
+  if (n == kTile) {
+    for (int64_t t = 0; t < kTile; t += kLanes) {
+      const vf x = load(sc + t) + load(bias + t);
+      store(sc + t, x);
+      top = x > top ? x : top;
+    }
+  } else {
+    for (int64_t t = 0; t < kTile; ++t) sc[t] = t < n ? sc[t] + bias[t] : -INFINITY;
+    for (int64_t t = 0; t < kTile; t += kLanes) top = load(sc + t) > top ? load(sc + t) : top;
+  }
+  float m_new = m;
+  for (int i = 0; i < kLanes; ++i) m_new = std::max(m_new, top[i]);
+  const float correction = m == -INFINITY ? 0.f : std::exp(m - m_new);
+  for (int64_t t = 0; t < kTile; t += kLanes) store(p + t, exp_v(load(sc + t) - m_new));
+  std::fill(p + n, p + kTile, 0.f);  // keys past the end weigh exactly 0 (exp_v gives ~1e-38 there)
+  vf sum = vf{};
+  for (int64_t t = 0; t < kTile; t += kLanes) sum += load(p + t);
+  float total = 0.f;
+  for (int i = 0; i < kLanes; ++i) total += sum[i];
+  l = l * correction + total;
+  m = m_new;
+  return correction;
+}
+
+// scores[r][t] = sum_j q[r][j] * kt[j][t]: kMicro rows of q (stride dp) against a dp x kTile tile.
+inline void scores_micro(const float *q, const float *kt, int64_t dp, float *scores) {
+  for (int64_t t0 = 0; t0 < kTile; t0 += kChunk * kLanes) {
+    vf acc[kMicro][kChunk] = {};
+    for (int64_t j = 0; j < dp; ++j) {
+      vf kv[kChunk];
+      for (int c = 0; c < kChunk; ++c) kv[c] = load(kt + j * kTile + t0 + c * kLanes);
+      for (int r = 0; r < kMicro; ++r)
+        for (int c = 0; c < kChunk; ++c) acc[r][c] += q[r * dp + j] * kv[c];  // scalar x vector: a broadcast
+    }
+    for (int r = 0; r < kMicro; ++r)
+      for (int c = 0; c < kChunk; ++c) store(scores + r * kTile + t0 + c * kLanes, acc[r][c]);
+  }
+}
+
+// The same scores for a block of at most kMicro rows (a decode step's grouped heads), straight from K's
+// rows (stride dp == d): dot products over the head dim, so no tile is transposed for a few rows.
+inline void scores_dot(const float *q, int64_t rows, const float *k, int64_t n, int64_t dp, float *scores) {
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t r = 0; r < rows; ++r) {
+      vf acc = vf{};
+      for (int64_t j = 0; j < dp; j += kLanes) acc += load(q + r * dp + j) * load(k + t * dp + j);
+      float dot = 0.f;
+      for (int i = 0; i < kLanes; ++i) dot += acc[i];
+      scores[r * kTile + t] = dot;
+    }
+}
+
+// o[r][c0 .. c0 + kVecs * kLanes) += sum_t p[r][t] * v[t][same columns], kMicro rows (stride dp), n keys
+// (v rows vs floats apart).
+template <int kVecs>
+inline void output_cols(const float *p, const float *v, int64_t vs, int64_t n, int64_t dp, float *o) {
+  vf acc[kMicro][kVecs];
+  for (int r = 0; r < kMicro; ++r)
+    for (int c = 0; c < kVecs; ++c) acc[r][c] = load(o + r * dp + c * kLanes);
+  for (int64_t t = 0; t < n; ++t) {
+    vf vv[kVecs];
+    for (int c = 0; c < kVecs; ++c) vv[c] = load(v + t * vs + c * kLanes);
+    for (int r = 0; r < kMicro; ++r)
+      for (int c = 0; c < kVecs; ++c) acc[r][c] += p[r * kTile + t] * vv[c];
+  }
+  for (int r = 0; r < kMicro; ++r)
+    for (int c = 0; c < kVecs; ++c) store(o + r * dp + c * kLanes, acc[r][c]);
+}
+
+// o[r][:] += p[r][:n] x v[:n][:] over all dp columns, kChunk vectors at a time (then the remainder).
+inline void output_micro(const float *p, const float *v, int64_t vs, int64_t n, int64_t dp, float *o) {
+  int64_t c0 = 0;
+  for (; c0 + kChunk * kLanes <= dp; c0 += kChunk * kLanes) output_cols<kChunk>(p, v + c0, vs, n, dp, o + c0);
+  for (; c0 < dp; c0 += kLanes) output_cols<1>(p, v + c0, vs, n, dp, o + c0);
+}
+
 }  // namespace
 
 extern "C" {
@@ -110,10 +233,11 @@ int AdaLayerNorm(int nparam, void **params, int *ndims, int64_t **shapes, const 
 
 // Attention(q (B, Hq, S, d), k (B, Hkv, K, d), v (B, Hkv, K, d), bias (Bb, Hb, Sb, K) with each of
 // Bb, Hb, Sb equal to its full size or 1, scale (1)) -> out (B, Hq, S, d).
-// Flash-style: the (S, K) score matrix is never materialised. A task is a block of kRows query rows of
-// one head; each 64-key tile is transposed once per block (d x 64) so that the scores of a row are
-// accumulated 64 keys wide (vector lanes over keys, no horizontal sums), then an online softmax
-// rescales the row's running output before the tile's values are added.
+// Flash-style: the (S, K) score matrix is never materialised. The query heads that share a KV head are
+// folded into its rows (row i = group i / S, position i % S), so a decode step's grouped heads make one
+// block. A task is a block of kBlock rows of one KV head; each 64-key tile of K is transposed (d x 64) and
+// its V copied once per block, zero-padded to whole 16-lane vectors; then the register-blocked kernels
+// above compute kMicro rows at a time: scores, online softmax (exp_v), and the rescaled output update.
 int Attention(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
   if (nparam != 6 || ndims[0] != 4 || ndims[1] != 4 || ndims[3] != 4) return 1;
   const float *q = static_cast<const float *>(params[0]);
@@ -126,68 +250,74 @@ int Attention(int nparam, void **params, int *ndims, int64_t **shapes, const cha
   const int64_t HKV = shapes[1][1], K = shapes[1][2];
   const int64_t bb = shapes[3][0], bh = shapes[3][1], bs = shapes[3][2];
   if (shapes[3][3] != K || H % HKV) return 2;
-  const int64_t groups = H / HKV;
-  constexpr int64_t kTile = 64, kRows = 64;
-  const int64_t row_blocks = (S + kRows - 1) / kRows;
+  const int64_t groups = H / HKV, rows_per_kv = groups * S;
+  const int64_t dp = (D + kLanes - 1) / kLanes * kLanes;  // head dim padded to whole vectors
+  const int64_t row_blocks = (rows_per_kv + kBlock - 1) / kBlock;
 #pragma omp parallel
   {
-    std::vector<float> kt(D * kTile), acc(kRows * D), scores(kRows * kTile), m(kRows), l(kRows);
+    std::vector<float> kt(dp * kTile), vt(kTile * dp),  // zero-initialised: the padding stays 0
+        qb(kBlock * dp), ob(kBlock * dp), probs(kMicro * kTile),
+        scores(kMicro * kTile);
+    std::vector<float> m(kBlock), l(kBlock);
+    std::vector<const float *> brow(kBlock);
 #pragma omp for schedule(dynamic) collapse(3)
     for (int64_t b = 0; b < B; ++b)
-      for (int64_t h = 0; h < H; ++h)
+      for (int64_t kvh = 0; kvh < HKV; ++kvh)
         for (int64_t blk = 0; blk < row_blocks; ++blk) {
-          const int64_t s0 = blk * kRows, rows = std::min(kRows, S - s0);
-          const float *kb = k + (b * HKV + h / groups) * K * D;
-          const float *vb = v + (b * HKV + h / groups) * K * D;
-          std::fill(acc.begin(), acc.end(), 0.f);
+          const int64_t i0 = blk * kBlock, rows = std::min(kBlock, rows_per_kv - i0);
+          const float *kb = k + (b * HKV + kvh) * K * D;
+          const float *vb = v + (b * HKV + kvh) * K * D;
+          // 1. the block's query rows, scaled and zero-padded (rows past the end stay zero), and bias rows
+          std::fill(qb.begin(), qb.end(), 0.f);
+          for (int64_t r = 0; r < rows; ++r) {
+            const int64_t h = kvh * groups + (i0 + r) / S, s = (i0 + r) % S;
+            const float *qr = q + ((b * H + h) * S + s) * D;
+            for (int64_t j = 0; j < D; ++j) qb[r * dp + j] = qr[j] * scale;
+            brow[r] = bias + (((bb == 1 ? 0 : b) * bh + (bh == 1 ? 0 : h)) * bs + (bs == 1 ? 0 : s)) * K;
+          }
+          std::fill(ob.begin(), ob.end(), 0.f);
           std::fill(m.begin(), m.end(), -INFINITY);
           std::fill(l.begin(), l.end(), 0.f);
           for (int64_t k0 = 0; k0 < K; k0 += kTile) {
+            // 2. the tile: K transposed (dp x 64; rows past the head dim stay 0, columns past the last key
+            // keep finite stale values that the softmax masks), V read in place unless d needs padding
             const int64_t n = std::min(kTile, K - k0);
-            for (int64_t t = 0; t < n; ++t)
-              for (int64_t j = 0; j < D; ++j) kt[j * kTile + t] = kb[(k0 + t) * D + j];
-            for (int64_t r = 0; r < rows; ++r) {
-              const int64_t s = s0 + r;
-              const float *qr = q + ((b * H + h) * S + s) * D;
-              const float *br = bias + (((bb == 1 ? 0 : b) * bh + (bh == 1 ? 0 : h)) * bs + (bs == 1 ? 0 : s)) * K + k0;
-              float *sc = scores.data() + r * kTile;
-              std::fill(sc, sc + kTile, 0.f);
-              for (int64_t j = 0; j < D; ++j) {
-                const float qj = qr[j];
-                const float *ktj = kt.data() + j * kTile;
-#pragma omp simd
-                for (int64_t t = 0; t < kTile; ++t) sc[t] += qj * ktj[t];
+            const bool few_rows = rows <= kMicro && dp == D;
+            if (!few_rows)
+              for (int64_t j = 0; j < D; ++j)
+                for (int64_t t = 0; t < n; ++t) kt[j * kTile + t] = kb[(k0 + t) * D + j];
+            const float *vtile = vb + k0 * D;
+            if (dp != D) {
+              for (int64_t t = 0; t < n; ++t) std::copy(vtile + t * D, vtile + (t + 1) * D, vt.data() + t * dp);
+              vtile = vt.data();
+            }
+            for (int64_t r0 = 0; r0 < rows; r0 += kMicro) {
+              // 3. scores of kMicro rows x 64 keys, then each row's online-softmax update
+              if (few_rows)
+                scores_dot(qb.data(), rows, kb + k0 * D, n, dp, scores.data());
+              else
+                scores_micro(qb.data() + r0 * dp, kt.data(), dp, scores.data());
+              for (int64_t r = 0; r < kMicro; ++r) {
+                float *p = probs.data() + r * kTile;
+                if (r0 + r >= rows) {
+                  std::fill(p, p + kTile, 0.f);
+                  continue;
+                }
+                const float correction = softmax_tile(scores.data() + r * kTile, brow[r0 + r] + k0, n, m[r0 + r],
+                                                      l[r0 + r], p);
+                float *orow = ob.data() + (r0 + r) * dp;
+                for (int64_t j = 0; j < dp; ++j) orow[j] *= correction;
               }
-              float tile_max = -INFINITY;
-              for (int64_t t = 0; t < n; ++t) {
-                sc[t] = sc[t] * scale + br[t];
-                tile_max = std::max(tile_max, sc[t]);
-              }
-              const float m_new = std::max(m[r], tile_max);
-              const float correction = std::exp(m[r] - m_new);  // exp(-inf) = 0 on the first tile
-              float *ar = acc.data() + r * D;
-              float sum = 0.f;
-              for (int64_t t = 0; t < n; ++t) {
-                sc[t] = std::exp(sc[t] - m_new);
-                sum += sc[t];
-              }
-              l[r] = l[r] * correction + sum;
-              m[r] = m_new;
-#pragma omp simd
-              for (int64_t j = 0; j < D; ++j) ar[j] *= correction;
-              for (int64_t t = 0; t < n; ++t) {
-                const float p = sc[t];
-                const float *vr = vb + (k0 + t) * D;
-#pragma omp simd
-                for (int64_t j = 0; j < D; ++j) ar[j] += p * vr[j];
-              }
+              // 4. output rows += probabilities x V tile
+              output_micro(probs.data(), vtile, dp == D ? D : dp, n, dp, ob.data() + r0 * dp);
             }
           }
+          // 5. normalise and scatter the rows back to their heads
           for (int64_t r = 0; r < rows; ++r) {
-            float *o = out + ((b * H + h) * S + s0 + r) * D;
+            const int64_t h = kvh * groups + (i0 + r) / S, s = (i0 + r) % S;
+            float *o = out + ((b * H + h) * S + s) * D;
             const float inv = 1.f / l[r];
-#pragma omp simd
-            for (int64_t j = 0; j < D; ++j) o[j] = acc[r * D + j] * inv;
+            for (int64_t j = 0; j < D; ++j) o[j] = ob[r * dp + j] * inv;
           }
         }
   }
