@@ -33,11 +33,9 @@ CASES = {
     "add_rms_norm": {"op": "add_rms_norm", "shapes": {"x": (2, 256, 1024), "r": (2, 256, 1024), "w": (1024,)}},
     "ada_layer_norm": {"op": "ada_layer_norm", "shapes": {"x": (2, 1056, 1024), "shift": (2, 1024),
                                                           "scale": (2, 1024)}},
-    # a VAE decoder conv at 256 px; its Ascend form (the built-in Conv2D) also runs on CPU: timed as "builtin"
+    # a VAE decoder conv at 256 px (the built-in Conv2D on every device: no twin, so composite = twin)
     "vae_conv3x3_256px": {"op": "conv2d", "shapes": {"x": (1, 32, 256, 256), "w": (32, 32, 3, 3), "b": (32,)}},
 }
-#: operators whose Ascend implementation is a MindSpore built-in that also has a CPU kernel
-_BUILTIN_ON_CPU = ("conv2d",)
 
 
 def _peak_mb() -> float:
@@ -66,7 +64,7 @@ def bench_ops(repeats: int) -> dict:
         def __init__(self, op: str, mode: str):
             super().__init__()
             self.op = op
-            self.fn = (registry.resolve(op, "Ascend", "fused") if mode == "builtin" else registry.resolve(op, "CPU", mode)).fn
+            self.fn = registry.resolve(op, "CPU", mode).fn
 
         def construct(self, a, b, c=None, d=None):
             if self.op == "conv2d":
@@ -83,7 +81,7 @@ def bench_ops(repeats: int) -> dict:
     for name, spec in CASES.items():
         args = [Tensor(a) for a in _inputs(spec).values()]
         row = {}
-        for mode in ("composite", "fused") + (("builtin",) if spec["op"] in _BUILTIN_ON_CPU else ()):
+        for mode in ("composite", "fused"):
             cell = Call(spec["op"], mode)
             cell(*args)
             best = float("inf")
@@ -135,10 +133,7 @@ def main() -> None:
     report = {"operators_ms": {name: {"composite": round(1e3 * row["composite"], 3), "twin": round(1e3 * row["fused"], 3),
                                       "torch": round(1e3 * ref_ops[name], 3),
                                       "twin_vs_composite": round(row["composite"] / row["fused"], 2),
-                                      "twin_vs_torch": round(ref_ops[name] / row["fused"], 2),
-                                      **({"builtin": round(1e3 * row["builtin"], 3),
-                                          "composite_vs_builtin": round(row["builtin"] / row["composite"], 2)}
-                                         if "builtin" in row else {})}
+                                      "twin_vs_torch": round(ref_ops[name] / row["fused"], 2)}
                                for name, row in ops.items()}}
     if not args.skip_e2e:
         from mindglm_image.tiny_model import make_tiny_model

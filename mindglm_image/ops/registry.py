@@ -37,7 +37,7 @@ class Implementation:
 # operator -> (composite, Ascend built-in or None)
 _OPS: dict[str, tuple[Callable, Callable | None]] = {
     "attention": (attention.attention, attention.attention_ascend),
-    "conv2d": (conv2d.conv2d, conv2d.conv2d_ascend),
+    "conv2d": (conv2d.conv2d, None),  # the built-in Conv2D on every device (ops/conv2d.py)
     "linear": (linear.linear, linear.linear_ascend),
     "rms_norm": (rms_norm.rms_norm, rms_norm.rms_norm_ascend),
     "add_rms_norm": (rms_norm.add_rms_norm, rms_norm.add_rms_norm_ascend),
