@@ -25,8 +25,6 @@ def setup_runtime(device: str | None = None, graph_mode: bool = True) -> str:
         raise DeviceUnavailableError(f"device {requested!r} is not one of {', '.join(DEVICES)} "
                                      "(--device or $MINDGLM_DEVICE)")
     ms.set_context(mode=ms.GRAPH_MODE if graph_mode else ms.PYNATIVE_MODE)
-    if os.environ.get("MINDGLM_JIT_LEVEL"):
-        ms.set_context(jit_config={"jit_level": os.environ["MINDGLM_JIT_LEVEL"]})
     try:
         ms.set_device(device)
     except RuntimeError as err:  # MindSpore's message ends in a C++ stack; keep the gist
