@@ -138,16 +138,15 @@ inline void scores_dot(const float *q, int64_t rows, const float *k, int64_t n, 
     }
 }
 
-// o[r][c0 .. c0 + kVecs * kLanes) += sum_t p[r][t] * v[t][same columns], kMicro rows (stride dp), n keys
-// (v rows vs floats apart).
+// o[r][c0 .. c0 + kVecs * kLanes) += sum_t p[r][t] * v[t][same columns], kMicro rows and n keys (both stride dp).
 template <int kVecs>
-inline void output_cols(const float *p, const float *v, int64_t vs, int64_t n, int64_t dp, float *o) {
+inline void output_cols(const float *p, const float *v, int64_t n, int64_t dp, float *o) {
   vf acc[kMicro][kVecs];
   for (int r = 0; r < kMicro; ++r)
     for (int c = 0; c < kVecs; ++c) acc[r][c] = load(o + r * dp + c * kLanes);
   for (int64_t t = 0; t < n; ++t) {
     vf vv[kVecs];
-    for (int c = 0; c < kVecs; ++c) vv[c] = load(v + t * vs + c * kLanes);
+    for (int c = 0; c < kVecs; ++c) vv[c] = load(v + t * dp + c * kLanes);
     for (int r = 0; r < kMicro; ++r)
       for (int c = 0; c < kVecs; ++c) acc[r][c] += p[r * kTile + t] * vv[c];
   }
@@ -156,10 +155,10 @@ inline void output_cols(const float *p, const float *v, int64_t vs, int64_t n, i
 }
 
 // o[r][:] += p[r][:n] x v[:n][:] over all dp columns, kChunk vectors at a time (then the remainder).
-inline void output_micro(const float *p, const float *v, int64_t vs, int64_t n, int64_t dp, float *o) {
+inline void output_micro(const float *p, const float *v, int64_t n, int64_t dp, float *o) {
   int64_t c0 = 0;
-  for (; c0 + kChunk * kLanes <= dp; c0 += kChunk * kLanes) output_cols<kChunk>(p, v + c0, vs, n, dp, o + c0);
-  for (; c0 < dp; c0 += kLanes) output_cols<1>(p, v + c0, vs, n, dp, o + c0);
+  for (; c0 + kChunk * kLanes <= dp; c0 += kChunk * kLanes) output_cols<kChunk>(p, v + c0, n, dp, o + c0);
+  for (; c0 < dp; c0 += kLanes) output_cols<1>(p, v + c0, n, dp, o + c0);
 }
 
 }  // namespace
@@ -235,9 +234,10 @@ int AdaLayerNorm(int nparam, void **params, int *ndims, int64_t **shapes, const 
 // Bb, Hb, Sb equal to its full size or 1, scale (1)) -> out (B, Hq, S, d).
 // Flash-style: the (S, K) score matrix is never materialised. The query heads that share a KV head are
 // folded into its rows (row i = group i / S, position i % S), so a decode step's grouped heads make one
-// block. A task is a block of kBlock rows of one KV head; each 64-key tile of K is transposed (d x 64) and
-// its V copied once per block, zero-padded to whole 16-lane vectors; then the register-blocked kernels
-// above compute kMicro rows at a time: scores, online softmax (exp_v), and the rescaled output update.
+// block. A task is a block of kBlock rows of one KV head; each 64-key tile of K is transposed once per
+// block (dp x 64, the head dim zero-padded to whole vectors; V is copied only when d needs that padding);
+// then the register-blocked kernels above compute kMicro rows at a time: scores, online softmax (exp_v),
+// and the rescaled output update. A block of at most kMicro rows (decode) skips the transpose.
 int Attention(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
   if (nparam != 6 || ndims[0] != 4 || ndims[1] != 4 || ndims[3] != 4) return 1;
   const float *q = static_cast<const float *>(params[0]);
@@ -275,6 +275,7 @@ int Attention(int nparam, void **params, int *ndims, int64_t **shapes, const cha
             for (int64_t j = 0; j < D; ++j) qb[r * dp + j] = qr[j] * scale;
             brow[r] = bias + (((bb == 1 ? 0 : b) * bh + (bh == 1 ? 0 : h)) * bs + (bs == 1 ? 0 : s)) * K;
           }
+          const bool few_rows = rows <= kMicro && dp == D;
           std::fill(ob.begin(), ob.end(), 0.f);
           std::fill(m.begin(), m.end(), -INFINITY);
           std::fill(l.begin(), l.end(), 0.f);
@@ -282,7 +283,6 @@ int Attention(int nparam, void **params, int *ndims, int64_t **shapes, const cha
             // 2. the tile: K transposed (dp x 64; rows past the head dim stay 0, columns past the last key
             // keep finite stale values that the softmax masks), V read in place unless d needs padding
             const int64_t n = std::min(kTile, K - k0);
-            const bool few_rows = rows <= kMicro && dp == D;
             if (!few_rows)
               for (int64_t j = 0; j < D; ++j)
                 for (int64_t t = 0; t < n; ++t) kt[j * kTile + t] = kb[(k0 + t) * D + j];
@@ -309,7 +309,7 @@ int Attention(int nparam, void **params, int *ndims, int64_t **shapes, const cha
                 for (int64_t j = 0; j < dp; ++j) orow[j] *= correction;
               }
               // 4. output rows += probabilities x V tile
-              output_micro(probs.data(), vtile, dp == D ? D : dp, n, dp, ob.data() + r0 * dp);
+              output_micro(probs.data(), vtile, n, dp, ob.data() + r0 * dp);
             }
           }
           // 5. normalise and scatter the rows back to their heads
