@@ -2,9 +2,8 @@
 
 One form everywhere: MindSpore's built-in Conv2D with explicit zero padding (oneDNN on CPU, the Cube unit
 on Ascend). An im2col composite (``unfold`` + one MatMul) was the CPU path while an early benchmark run
-showed the built-in 69x slower; re-measured on the same 2-core machine (``scripts/bench_kernels.py
---skip-e2e``) the built-in is 1.7-2.7x faster than im2col at the VAE's 3x3 convs, forward and with
-backward, and halves the tiny model's VAE decode, so im2col is gone.
+showed the built-in 69x slower; re-measured (``scripts/bench_kernels.py --skip-e2e`` at commit 95d80e0, the
+last with im2col; README, Fused operators) the built-in is the faster one, so im2col is gone.
 """
 from __future__ import annotations
 
