@@ -22,6 +22,6 @@ setup(
         "tqdm>=4.60",
         "jinja2>=3.1",  # renders the checkpoint's chat template exactly as transformers does
     ],
-    extras_require={"serve": SERVE, "test": ["pytest>=8", "openai>=1.40", *SERVE]},  # tests call the server with openai
+    extras_require={"serve": SERVE, "test": ["pytest>=8", "pytest-xdist>=3.5", "openai>=1.40", *SERVE]},  # tests call the server with openai
     entry_points={"console_scripts": ["mindglm-image=mindglm_image.cli:main"]},
 )

@@ -7,6 +7,8 @@ Fixtures are cached under ``.ref_fixtures/`` keyed by the script's content and t
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -51,6 +53,16 @@ def _fixture_key(name: str) -> str:
     return digest.hexdigest()[:16]
 
 
+@contextlib.contextmanager
+def _cache_lock(name: str):
+    """Hold ``.ref_fixtures/<name>.lock``: pytest-xdist workers that need the same fixture (or merge the parity
+    report) wait for the one building it instead of building it twice into the same folder."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def _run_reference_script(name: str, out: Path, *args: str) -> None:
     """Run ``tests/reference/<name>.py OUT *args`` in the reference environment; fail the test on error."""
     python = _ref_python()
@@ -74,16 +86,17 @@ def reference_fixture():
         if name in made:
             return made[name]
         out = CACHE / f"{name}-{_fixture_key(name)}"
-        if not (out / "DONE").is_file():
-            tmp = out.with_name(out.name + ".partial")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            _run_reference_script(name, tmp)
-            (tmp / "DONE").write_text("ok\n")
-            for stale in CACHE.glob(f"{name}-*"):  # fixtures of older script versions
-                if stale.is_dir() and stale.name.count("-") == name.count("-") + 1 and stale != tmp:
-                    shutil.rmtree(stale, ignore_errors=True)
-            os.replace(tmp, out)
+        with _cache_lock(name):
+            if not (out / "DONE").is_file():
+                tmp = out.with_name(out.name + ".partial")
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+                _run_reference_script(name, tmp)
+                (tmp / "DONE").write_text("ok\n")
+                for stale in CACHE.glob(f"{name}-*"):  # fixtures of older script versions
+                    if stale.is_dir() and stale.name.count("-") == name.count("-") + 1 and stale != tmp:
+                        shutil.rmtree(stale, ignore_errors=True)
+                os.replace(tmp, out)
         made[name] = out
         return out
 
@@ -109,7 +122,7 @@ def parity_report():
     results: dict[str, float] = {}
     yield results
     if results:
-        CACHE.mkdir(parents=True, exist_ok=True)
-        merged = json.loads(REPORT.read_text()) if REPORT.is_file() else {}
-        merged.update(results)
-        REPORT.write_text(json.dumps(dict(sorted(merged.items())), indent=2) + "\n")
+        with _cache_lock("parity_report"):  # each xdist worker merges its own results
+            merged = json.loads(REPORT.read_text()) if REPORT.is_file() else {}
+            merged.update(results)
+            REPORT.write_text(json.dumps(dict(sorted(merged.items())), indent=2) + "\n")

@@ -188,7 +188,11 @@ def test_ascendc_selected_when_installed(monkeypatch):
     impl = registry.resolve("ada_layer_norm", "Ascend", "fused")
     assert impl.kind == "ascendc" and isinstance(impl.fn, ascendc.AdaLayerNormAscendC)
     assert registry.kind_of("rms_norm", "Ascend", "fused") == "ascend"
-    assert isinstance(ascendc.adamw_ema_op(0.9, 0.999, 1e-8, 0.01, 0.999), ms.ops.Custom)
+    adamw = registry.resolve("adamw_ema", "Ascend", "fused", beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01,
+                             ema_decay=0.999)
+    assert adamw.kind == "ascendc" and isinstance(adamw.fn.kernel, ms.ops.Custom)
+    assert {a["name"]: a["value"] for a in adamw.fn.kernel.reg_info["attr"]} == {
+        "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8, "weight_decay": 0.01, "ema_decay": 0.999}
 
 
 def test_ascendc_sources_agree():
@@ -210,16 +214,21 @@ def test_ascendc_sources_agree():
 
 
 def test_adamw_ema_composite():
-    """The composite AdamW+EMA step equals the update written out in numpy (torch.optim.AdamW's maths)."""
+    """The ops layer's AdamW+EMA step (what the trainer's optimizer runs) equals the update written out in numpy
+    (torch.optim.AdamW's maths), and the registry gives the composite on CPU in both modes."""
     rng = np.random.default_rng(2)
     p, g, m, ema = (rng.standard_normal((5, 3)).astype(np.float32) for _ in range(4))
     v = np.abs(rng.standard_normal((5, 3))).astype(np.float32)
     lr, b1, b2, eps, wd, decay, step = 1e-2, 0.9, 0.99, 1e-8, 0.1, 0.95, 3
-    scalars = np.array([lr, 1 - b1 ** step, 1 - b2 ** step], np.float32)
-    out = _Apply(adamw_ema.adamw_ema, b1, b2, eps, wd, decay)(*(Tensor(a) for a in (p, g, m, v, ema, scalars)))
+    scalars = np.array([lr, lr / (1 - b1 ** step), np.sqrt(1 - b2 ** step)], np.float32)
+    for mode in ("composite", "fused"):
+        impl = registry.resolve("adamw_ema", "CPU", mode, beta1=b1, beta2=b2, eps=eps, weight_decay=wd,
+                                ema_decay=decay)
+        assert impl.kind == "composite" and isinstance(impl.fn, adamw_ema.AdamWEma)
+    out = impl.fn(*(Tensor(a) for a in (p, g, m, v, ema, scalars)))
     m2 = b1 * m + (1 - b1) * g
     v2 = b2 * v + (1 - b2) * g * g
-    p2 = p * (1 - lr * wd) - lr * (m2 / scalars[1]) / (np.sqrt(v2 / scalars[2]) + eps)
+    p2 = p * (1 - lr * wd) - lr * (m2 / (1 - b1 ** step)) / (np.sqrt(v2 / (1 - b2 ** step)) + eps)
     for got, want in zip(out, (p2, m2, v2, decay * ema + (1 - decay) * p2)):
         np.testing.assert_allclose(got.asnumpy(), want, rtol=1e-5, atol=1e-6)
 

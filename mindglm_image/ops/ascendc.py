@@ -41,16 +41,23 @@ class AdaLayerNormAscendC(nn.Cell):
         return self.kernel(x, shift, scale, mint.full((1,), eps, dtype=ms.float32))
 
 
-def adamw_ema_op(beta1: float, beta2: float, eps: float, weight_decay: float, ema_decay: float) -> ops.Custom:
-    """The AdamWEma primitive: (param, grad, exp_avg, exp_avg_sq, ema, step_scalars) -> 4 new states."""
-    reg = CustomRegOp("AdamWEma")
-    for i, name in enumerate(("param", "grad", "exp_avg", "exp_avg_sq", "ema", "step_scalars")):
-        reg = reg.input(i, name)
-    for i, name in enumerate(("param_out", "exp_avg_out", "exp_avg_sq_out", "ema_out")):
-        reg = reg.output(i, name)
-    for name, value in (("beta1", beta1), ("beta2", beta2), ("epsilon", eps), ("weight_decay", weight_decay),
-                        ("ema_decay", ema_decay)):
-        reg = reg.attr(name, "required", "float", value=value)
-    reg = reg.dtype_format(*[DataType.F32_Default] * 10).target("Ascend").get_op_info()
-    return ops.Custom("AdamWEma", out_shape=lambda p, g, m, v, e, s: (p, p, p, p),
-                      out_dtype=lambda p, g, m, v, e, s: (p, p, p, p), func_type="aot", reg_info=reg)
+class AdamWEmaAscendC(nn.Cell):
+    """AscendC ``AdamWEma``: (param, grad, exp_avg, exp_avg_sq, ema, step_scalars) -> the 4 new states in one pass
+    (``ops/adamw_ema.AdamWEma``'s maths); the betas, eps and decays are the kernel's attributes."""
+
+    def __init__(self, beta1: float, beta2: float, eps: float, weight_decay: float, ema_decay: float):
+        super().__init__()
+        reg = CustomRegOp("AdamWEma")
+        for i, name in enumerate(("param", "grad", "exp_avg", "exp_avg_sq", "ema", "step_scalars")):
+            reg = reg.input(i, name)
+        for i, name in enumerate(("param_out", "exp_avg_out", "exp_avg_sq_out", "ema_out")):
+            reg = reg.output(i, name)
+        for name, value in (("beta1", beta1), ("beta2", beta2), ("epsilon", eps), ("weight_decay", weight_decay),
+                            ("ema_decay", ema_decay)):
+            reg = reg.attr(name, "required", "float", value=value)
+        reg = reg.dtype_format(*[DataType.F32_Default] * 10).target("Ascend").get_op_info()
+        self.kernel = ops.Custom("AdamWEma", out_shape=lambda p, g, m, v, e, s: (p, p, p, p),
+                                 out_dtype=lambda p, g, m, v, e, s: (p, p, p, p), func_type="aot", reg_info=reg)
+
+    def construct(self, param, grad, exp_avg, exp_avg_sq, ema, step_scalars):
+        return self.kernel(param, grad, exp_avg, exp_avg_sq, ema, step_scalars)

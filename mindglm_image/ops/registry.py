@@ -45,10 +45,10 @@ _OPS: dict[str, tuple[Callable, Callable | None]] = {
     "ada_layer_norm": (layer_norm.ada_layer_norm, layer_norm.ada_layer_norm_ascend),
     "rotary": (rotary.apply_rotary, rotary.apply_rotary_ascend),
     "swiglu": (gated_activation.swiglu, gated_activation.swiglu_ascend),
-    "adamw_ema": (adamw_ema.adamw_ema, None),  # AscendC AdamWEma: ascendc.adamw_ema_op (attributes fixed per optimizer)
+    "adamw_ema": (adamw_ema.AdamWEma, None),  # a Cell class: built with the optimizer's attributes (resolve)
 }
 # operator -> AscendC custom cell used on Ascend instead of the built-in when our op package is installed
-_ASCENDC = {"ada_layer_norm": ascendc.AdaLayerNormAscendC}
+_ASCENDC = {"ada_layer_norm": ascendc.AdaLayerNormAscendC, "adamw_ema": ascendc.AdamWEmaAscendC}
 _logged: set[tuple[str, str]] = set()
 
 
@@ -73,8 +73,11 @@ def _kind(op: str, device: str, mode: str) -> str:
     return "composite"
 
 
-def resolve(op: str, device: str | None = None, mode: str | None = None) -> Implementation:
-    """The implementation of ``op`` on ``device`` (default: MindSpore's current device target)."""
+def resolve(op: str, device: str | None = None, mode: str | None = None, **attrs: float) -> Implementation:
+    """The implementation of ``op`` on ``device`` (default: MindSpore's current device target).
+
+    ``attrs``: the compile-time attributes of an operator that has them (``adamw_ema``'s betas, eps and decays);
+    such an operator's implementations are Cell classes, built here with them."""
     device = device or ms.get_context("device_target")
     mode = mode or kernel_mode(device)
     if (device, mode) not in _logged:
@@ -84,9 +87,9 @@ def resolve(op: str, device: str | None = None, mode: str | None = None) -> Impl
     kind = kind_of(op, device, mode)
     composite, ascend = _OPS[op]
     if kind == "ascendc":
-        return Implementation(op, kind, _ASCENDC[op]())
+        return Implementation(op, kind, _ASCENDC[op](**attrs))
     fn = {"composite": composite, "ascend": ascend}.get(kind) or cpu_twins.cpu_twin(op)
-    return Implementation(op, kind, fn)
+    return Implementation(op, kind, fn(**attrs) if attrs else fn)
 
 
 def kind_of(op: str, device: str, mode: str) -> str:

@@ -18,6 +18,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Parameter, ParameterTuple, Tensor, mint, nn, ops
 
+from ..ops.registry import resolve
 from .config import OptimizerConfig, ScheduleConfig
 
 
@@ -101,7 +102,10 @@ class AdamW(nn.Cell):
         self.use_ema = cfg.ema_decay > 0
         self.ema = ParameterTuple([_fp32_copy(p, "ema", False, shard) for p in params] if self.use_ema else [])
         self.own_master = tuple(m is not p for m, p in zip(self.masters, params))
-        self.beta1, self.beta2 = cfg.betas
+        # the AdamW + EMA update of one tensor: the ops layer's (composite, or AscendC AdamWEma on Ascend)
+        beta1, beta2 = cfg.betas
+        self.update = resolve("adamw_ema", beta1=beta1, beta2=beta2, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                              ema_decay=cfg.ema_decay).fn
         self.sharded = shard is not None
         if self.sharded:
             self.all_reduce, self.all_gather = ops.AllReduce(), ops.AllGather()
@@ -144,15 +148,13 @@ class AdamW(nn.Cell):
         coef = Tensor(1.0, ms.float32)
         if self.cfg.max_grad_norm > 0:
             coef = mint.clamp(self.cfg.max_grad_norm / (total + 1e-6), max=1.0)
-        decay = 1.0 - lr * self.cfg.weight_decay
+        scalars = ops.stack([lr, step_size, bias2_sqrt])
         for i, grad in enumerate(grads):
             master, m, v = self.masters[i], self.exp_avg[i], self.exp_avg_sq[i]
-            g = grad.astype(ms.float32) * coef
-            # 2. AdamW: decoupled decay, moments (lerp form as torch's CPU kernel), bias-corrected step
-            new_m = m + (g - m) * (1.0 - self.beta1)
-            new_v = v * self.beta2 + g * g * (1.0 - self.beta2)
-            denom = mint.sqrt(new_v) / bias2_sqrt + self.cfg.eps
-            new_w = master * decay - step_size * (new_m / denom)
+            # 2. AdamW (decoupled decay, bias-corrected moments) and the EMA, one fused update per tensor
+            # (without EMA the master stands in for it and the result is dropped)
+            ema = self.ema[i] if self.use_ema else master
+            new_w, new_m, new_v, new_ema = self.update(master, grad.astype(ms.float32) * coef, m, v, ema, scalars)
             # 3. write only finite results (a NaN/inf gradient leaves every state tensor as it was)
             ops.assign(m, mint.where(finite, new_m, m))
             ops.assign(v, mint.where(finite, new_v, v))
@@ -164,8 +166,6 @@ class AdamW(nn.Cell):
                 ops.assign(param, full.reshape(param.shape).astype(param.dtype))
             elif self.own_master[i]:
                 ops.assign(param, new_w.astype(param.dtype))
-            # 4. EMA of the fp32 weights
             if self.use_ema:
-                ema = self.ema[i]
-                ops.assign(ema, mint.where(finite, ema + (new_w - ema) * (1.0 - self.cfg.ema_decay), ema))
+                ops.assign(ema, mint.where(finite, new_ema, ema))
         return total

@@ -1,7 +1,7 @@
 // Host side of AdamWEma: one fused optimizer step plus the EMA of the weights, in place of ~15 launches.
-//   m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
-//   p = p (1 - lr wd) - lr * (m / bc1) / (sqrt(v / bc2) + eps);   ema = d ema + (1 - d) p
-// step_scalars (3,) fp32 = [lr, bc1 = 1 - b1^t, bc2 = 1 - b2^t]: a tensor, so a changing learning rate or
+//   m = m + (g - m) (1 - b1);  v = b2 v + (1 - b2) g^2   (torch.optim.AdamW's CPU arithmetic)
+//   p = p (1 - lr wd) - step_size m / (sqrt(v) / bias2_sqrt + eps);   ema = ema + (p - ema) (1 - d)
+// step_scalars (3,) fp32 = [lr, step_size = lr / (1 - b1^t), bias2_sqrt = sqrt(1 - b2^t)]: a tensor, so a changing learning rate or
 // step count does not recompile; the constant hyper-parameters are attributes.
 #include "adamw_ema_tiling.h"
 #include "adamw_ema_tiling_plan.h"

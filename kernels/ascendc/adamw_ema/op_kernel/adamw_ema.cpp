@@ -23,13 +23,13 @@ class AdamWEmaKernel {
   }
 
   __aicore__ inline void Process() {
-    const float lr = scalarGm_.GetValue(0), bc1 = scalarGm_.GetValue(1), bc2 = scalarGm_.GetValue(2);
+    const float lr = scalarGm_.GetValue(0), stepSize = scalarGm_.GetValue(1), bias2Sqrt = scalarGm_.GetValue(2);
     for (uint64_t done = 0; done < count_; done += tile_) {
       const uint32_t n = count_ - done < tile_ ? static_cast<uint32_t>(count_ - done) : tile_;
       LocalTensor<float> in = inQueue_.AllocTensor<float>();
       for (int i = 0; i < 5; ++i) DataCopy(in[i * tile_], inGm_[i][done], n);
       inQueue_.EnQue(in);
-      Compute(n, lr, bc1, bc2);
+      Compute(n, lr, stepSize, bias2Sqrt);
       LocalTensor<float> out = outQueue_.DeQue<float>();
       for (int i = 0; i < 4; ++i) DataCopy(outGm_[i][done], out[i * tile_], n);
       outQueue_.FreeTensor(out);
@@ -37,35 +37,35 @@ class AdamWEmaKernel {
   }
 
  private:
-  __aicore__ inline void Compute(uint32_t n, float lr, float bc1, float bc2) {
+  // torch.optim.AdamW's CPU arithmetic, as ops/adamw_ema.AdamWEma writes it (the composite is the oracle)
+  __aicore__ inline void Compute(uint32_t n, float lr, float stepSize, float bias2Sqrt) {
     LocalTensor<float> in = inQueue_.DeQue<float>();
     LocalTensor<float> out = outQueue_.AllocTensor<float>();
     LocalTensor<float> p = in, g = in[tile_], m = in[2 * tile_], v = in[3 * tile_], ema = in[4 * tile_];
     LocalTensor<float> pO = out, mO = out[tile_], vO = out[2 * tile_], emaO = out[3 * tile_];
     LocalTensor<float> a = work_.Get<float>(), b = a[tile_];
-    // m = b1 m + (1 - b1) g
-    Muls(mO, m, t_.beta1, n);
-    Muls(a, g, 1.0f - t_.beta1, n);
-    Add(mO, mO, a, n);
+    // m = m + (g - m) (1 - b1)
+    Sub(a, g, m, n);
+    Muls(a, a, 1.0f - t_.beta1, n);
+    Add(mO, m, a, n);
     // v = b2 v + (1 - b2) g^2
     Mul(a, g, g, n);
     Muls(a, a, 1.0f - t_.beta2, n);
     Muls(vO, v, t_.beta2, n);
     Add(vO, vO, a, n);
-    // update = (m / bc1) / (sqrt(v / bc2) + eps)
-    Muls(b, vO, 1.0f / bc2, n);
-    Sqrt(b, b, n);
+    // denom = sqrt(v) / bias2_sqrt + eps (a multiply by the reciprocal: Muls is the vector unit's scalar form)
+    Sqrt(b, vO, n);
+    Muls(b, b, 1.0f / bias2Sqrt, n);
     Adds(b, b, t_.epsilon, n);
-    Muls(a, mO, 1.0f / bc1, n);
-    Div(a, a, b, n);
-    // p = p (1 - lr wd) - lr update
+    // p = p (1 - lr wd) - step_size m / denom
+    Div(a, mO, b, n);
+    Muls(a, a, -stepSize, n);
     Muls(pO, p, 1.0f - lr * t_.weightDecay, n);
-    Muls(a, a, -lr, n);
     Add(pO, pO, a, n);
-    // ema = d ema + (1 - d) p
-    Muls(emaO, ema, t_.emaDecay, n);
-    Muls(a, pO, 1.0f - t_.emaDecay, n);
-    Add(emaO, emaO, a, n);
+    // ema = ema + (p - ema) (1 - d)
+    Sub(a, pO, ema, n);
+    Muls(a, a, 1.0f - t_.emaDecay, n);
+    Add(emaO, ema, a, n);
     outQueue_.EnQue(out);
     inQueue_.FreeTensor(in);
   }
