@@ -14,6 +14,9 @@ Host syncs: calls of ``mindspore.Tensor.asnumpy`` (every readback to the host ou
 counted in each of our processes (the engine's stage workers write their counts to files); the
 reference's are not counted. The engine's images are compared with the sequential ones (max uint8 step).
 
+``--sides`` picks a subset of the three; ``--stage-threads 0 2`` times one engine side per CPU thread budget of
+its stage workers (0, the default: the cores split evenly between them).
+
     .venv/bin/python scripts/bench_throughput.py --sizes tiny
 """
 from __future__ import annotations
@@ -86,7 +89,7 @@ def run_sequential(model: Path, height: int, width: int, steps: int, prompts: li
 
 
 def run_engine_side(model: Path, height: int, width: int, steps: int, prompts: list[str], seeds: list[int],
-                    max_ar_batch: int) -> dict:
+                    engine_cfg: dict) -> dict:
     from mindglm_image.pipeline.engine import EngineConfig, GenerationRequest, run_engine
 
     n = len(prompts)
@@ -95,7 +98,7 @@ def run_engine_side(model: Path, height: int, width: int, steps: int, prompts: l
     with tempfile.TemporaryDirectory() as counts:
         finished, images, start = [], {}, time.perf_counter()
         for result in run_engine(requests, CountingLoader(str(model), count_dir=counts),
-                                 EngineConfig(max_ar_batch=max_ar_batch)):
+                                 EngineConfig(**engine_cfg)):
             if result.error:
                 raise RuntimeError(f"{result.request.key}: {result.error}")
             finished.append(time.perf_counter())
@@ -106,7 +109,9 @@ def run_engine_side(model: Path, height: int, width: int, steps: int, prompts: l
             "images": [images[f"timed-{i}"] for i in range(n)]}
 
 
-def bench_size(size: str, steps: int, count: int, max_ar_batch: int, ref_python: str, folder: Path) -> dict:
+def bench_size(size: str, steps: int, count: int, sides: list[str], engine_cfgs: dict[str, dict], ref_python: str,
+               folder: Path) -> dict:
+    """Time each side on the same model and prompts; ``engine_cfgs``: engine side name -> EngineConfig fields."""
     from bench_memory import write_mid_model
 
     from mindglm_image.tiny_model import make_tiny_model
@@ -114,26 +119,33 @@ def bench_size(size: str, steps: int, count: int, max_ar_batch: int, ref_python:
     height, width = SIZES[size]
     model = make_tiny_model(folder / "tiny", progress=False) if size == "tiny" else write_mid_model(folder / "mid")
     prompts, seeds = PROMPTS[:count], [1000 + i for i in range(count)]
-    per_min = lambda side: round(60 * count / side["seconds"], 2)  # noqa: E731
-    report = {"size": f"{height}x{width}", "steps": steps, "prompts": count}
-    proc = subprocess.run([ref_python, str(ROOT / "scripts/reference/bench_throughput_ref.py"), str(model), str(height),
-                           str(width), str(steps), json.dumps(prompts), json.dumps(seeds), str(WARM_SEED)],
-                          capture_output=True, text=True)
-    reference = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else None
-    report["reference_images_per_min"] = per_min(reference) if reference else f"failed: {proc.stderr[-1500:]}"
-    sequential = run_sequential(model, height, width, steps, prompts, seeds)
-    engine = run_engine_side(model, height, width, steps, prompts, seeds, max_ar_batch)
-    report.update({
-        "sequential_images_per_min": per_min(sequential), "engine_images_per_min": per_min(engine),
-        "engine_vs_sequential": round(sequential["seconds"] / engine["seconds"], 2),
-        "engine_vs_reference": round(reference["seconds"] / engine["seconds"], 2) if reference else None,
-        "sequential_vs_reference": round(reference["seconds"] / sequential["seconds"], 2) if reference else None,
-        "engine_cold_seconds_all_images": round(engine["cold_seconds_all"], 1),
-        "sequential_host_syncs_per_image": sequential["syncs_per_image"],
-        "engine_host_syncs_per_image": engine["syncs_per_image"],
-        "engine_vs_sequential_max_uint8_step": int(max(np.abs(a.astype(int) - b).max()
-                                                       for a, b in zip(engine["images"], sequential["images"]))),
-    })
+    runs: dict[str, dict] = {}
+    if "reference" in sides:
+        proc = subprocess.run([ref_python, str(ROOT / "scripts/reference/bench_throughput_ref.py"), str(model),
+                               str(height), str(width), str(steps), json.dumps(prompts), json.dumps(seeds),
+                               str(WARM_SEED)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"the reference side failed: {proc.stderr[-1500:]}")
+        runs["reference"] = json.loads(proc.stdout.strip().splitlines()[-1])
+    if "sequential" in sides:
+        runs["sequential"] = run_sequential(model, height, width, steps, prompts, seeds)
+    if "engine" in sides:
+        for name, cfg in engine_cfgs.items():
+            runs[name] = run_engine_side(model, height, width, steps, prompts, seeds, cfg)
+    report = {"size": f"{height}x{width}", "steps": steps, "prompts": count, "engines": engine_cfgs,
+              "images_per_min": {side: round(60 * count / run["seconds"], 2) for side, run in runs.items()},
+              "host_syncs_per_image": {side: run["syncs_per_image"] for side, run in runs.items()
+                                       if "syncs_per_image" in run}}
+    for base in ("reference", "sequential"):
+        if base in runs:
+            report[f"vs_{base}"] = {side: round(runs[base]["seconds"] / run["seconds"], 2)
+                                    for side, run in runs.items() if side != base}
+    if "sequential" in runs:
+        report["max_uint8_step_vs_sequential"] = {
+            side: int(max(np.abs(a.astype(int) - b).max() for a, b in zip(run["images"], runs["sequential"]["images"])))
+            for side, run in runs.items() if "images" in run and side != "sequential"}
+    report["engine_cold_seconds_all_images"] = {name: round(runs[name]["cold_seconds_all"], 1) for name in engine_cfgs
+                                                if name in runs}
     return report
 
 
@@ -143,6 +155,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--prompts", type=int, default=8, choices=range(1, len(PROMPTS) + 1), metavar="N")
     parser.add_argument("--max-ar-batch", type=int, default=8, help="the engine's AR batch (EngineConfig)")
+    parser.add_argument("--sides", nargs="+", choices=("reference", "sequential", "engine"),
+                        default=["reference", "sequential", "engine"])
+    parser.add_argument("--stage-threads", type=int, nargs="+", default=[0],
+                        help="CPU kernel threads per stage worker (EngineConfig; 0: the cores split evenly); "
+                             "several values: one engine side each")
     parser.add_argument("--ref-python", default=os.environ.get("MINDGLM_REF_PYTHON", str(ROOT / ".venv-ref/bin/python")))
     args = parser.parse_args()
     from mindglm_image.runtime import setup_runtime
@@ -151,7 +168,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
             start = time.perf_counter()
-            report = bench_size(size, args.steps, args.prompts, args.max_ar_batch, args.ref_python, Path(tmp))
+            engine_cfgs = {("engine" if t == 0 else f"engine_threads{t}"): {"max_ar_batch": args.max_ar_batch,
+                                                                             "stage_threads": t}
+                           for t in args.stage_threads}
+            report = bench_size(size, args.steps, args.prompts, args.sides, engine_cfgs, args.ref_python, Path(tmp))
             report["bench_wall_s"] = round(time.perf_counter() - start)
             print(json.dumps(report, indent=1), flush=True)
 
