@@ -89,7 +89,11 @@ def resolve(op: str, device: str | None = None, mode: str | None = None, **attrs
     if kind == "ascendc":
         return Implementation(op, kind, _ASCENDC[op](**attrs))
     fn = {"composite": composite, "ascend": ascend}.get(kind) or cpu_twins.cpu_twin(op)
-    return Implementation(op, kind, fn(**attrs) if attrs else fn)
+    if isinstance(fn, type):  # an operator with attributes: its implementation is a Cell class
+        fn = fn(**attrs)
+    elif attrs:
+        raise TypeError(f"operator {op!r} takes no attributes, got {', '.join(attrs)}")
+    return Implementation(op, kind, fn)
 
 
 def kind_of(op: str, device: str, mode: str) -> str:
