@@ -33,6 +33,10 @@ CASES = {
     "add_rms_norm": {"op": "add_rms_norm", "shapes": {"x": (2, 256, 1024), "r": (2, 256, 1024), "w": (1024,)}},
     "ada_layer_norm": {"op": "ada_layer_norm", "shapes": {"x": (2, 1056, 1024), "shift": (2, 1024),
                                                           "scale": (2, 1024)}},
+    # AR decode projections against a 64 MB weight (beyond the 32 MB L3, as a whole model's weights are):
+    # one prompt with a bias, and the engine's batch of 8 prompts
+    "ar_decode_linear": {"op": "linear", "shapes": {"x": (1, 1, 1024), "w": (16384, 1024), "b": (16384,)}},
+    "ar_decode_linear_batch8": {"op": "linear", "shapes": {"x": (8, 1, 1024), "w": (16384, 1024)}},
     # a VAE decoder conv at 256 px (the built-in Conv2D on every device: no twin, so composite = twin)
     "vae_conv3x3_256px": {"op": "conv2d", "shapes": {"x": (1, 32, 256, 256), "w": (32, 32, 3, 3), "b": (32,)}},
 }
@@ -67,6 +71,8 @@ def bench_ops(repeats: int) -> dict:
             self.fn = registry.resolve(op, "CPU", mode).fn
 
         def construct(self, a, b, c=None, d=None):
+            if self.op == "linear":
+                return self.fn(a, b, c)
             if self.op == "conv2d":
                 return self.fn(a, b, c, 1, 1)
             if self.op == "attention":

@@ -53,7 +53,7 @@ def test_cpu_fused_resolution():
     kinds = {op: registry.kind_of(op, "CPU", "fused") for op in ASCEND}
     assert kinds == {"attention": "cpu_twin", "rms_norm": "cpu_twin", "add_rms_norm": "cpu_twin",
                      "ada_layer_norm": "cpu_twin", "layer_norm": "composite", "rotary": "composite",
-                     "swiglu": "composite", "linear": "composite"}
+                     "swiglu": "composite", "linear": "cpu_twin"}
 
 
 def test_missing_compiler_falls_back(monkeypatch, tmp_path, caplog):
@@ -116,6 +116,26 @@ def test_norm_twins(shape, parity_report):
     _close(t0, t1, 0)
     shift, scale = (Tensor(rng.standard_normal((shape[0], shape[-1])).astype(np.float32)) for _ in range(2))
     _close(*_both("ada_layer_norm", (x + 5, shift, scale), 1e-5), report=parity_report, name="ada_layer_norm")
+
+
+@pytest.mark.parametrize("x_shape, n", [((1, 1, 1024), 4096),   # a decode step: the kernel
+                                        ((3, 1, 1029), 1031),   # odd K, N and rows: every tail of the kernel
+                                        ((16, 515), 520),       # the most rows the kernel takes
+                                        ((17, 515), 520),       # one more: the composite
+                                        ((2, 4, 64), 96)])      # a small weight: the composite
+def test_linear_twin(x_shape, n, parity_report):
+    """The Linear kernel (with and without bias) against the composite MatMul where it runs, and the
+    composite itself, bit for bit, outside its range."""
+    rng = np.random.default_rng(1)
+    x = Tensor(rng.standard_normal(x_shape).astype(np.float32))
+    w = Tensor(rng.standard_normal((n, x_shape[-1])).astype(np.float32) * 0.05)
+    b = Tensor(rng.standard_normal(n).astype(np.float32))
+    kernel = cpu_twins.linear_uses_kernel(x_shape, (n, x_shape[-1]))
+    assert kernel == (x_shape[-1] >= 515 and x_shape[0] != 17)
+    for args in ((x, w), (x, w, b)):
+        composite, twin = _both("linear", args)
+        assert twin.shape == x_shape[:-1] + (n,)
+        _close(composite, twin, 2e-6 if kernel else 0, report=parity_report, name="linear")
 
 
 def _causal(batch, seq, keys, valid):

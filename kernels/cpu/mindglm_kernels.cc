@@ -60,6 +60,47 @@ inline vf load(const float *p) {
 inline void store(float *p, vf x) { std::memcpy(p, &x, sizeof x); }
 inline vf splat(float x) { return x - vf{}; }  // a broadcast (x - 0 folds to x; x + 0 would not, for x = -0)
 
+// The sum of a vector's lanes.
+inline float hsum(vf x) {
+  float s = 0.f;
+  for (int i = 0; i < kLanes; ++i) s += x[i];
+  return s;
+}
+
+// y[m + r][n0 + c] = x[m + r] . w[n0 + c] (+ b[n0 + c]) for kM rows of x against kW rows of w: kM x kW
+// accumulators in registers, each loaded vector of w used kM times and each vector of x kW times.
+template <int kM, int kW>
+void linear_micro(const float *x, const float *w, const float *b, float *y, int64_t n, int64_t k, int64_t m,
+                  int64_t n0) {
+  const int64_t kv = k / kLanes * kLanes;
+  vf acc[kM][kW] = {};
+  for (int64_t j = 0; j < kv; j += kLanes) {
+    vf wv[kW];
+    for (int c = 0; c < kW; ++c) wv[c] = load(w + (n0 + c) * k + j);
+    for (int r = 0; r < kM; ++r) {
+      const vf xv = load(x + (m + r) * k + j);
+      for (int c = 0; c < kW; ++c) acc[r][c] += xv * wv[c];
+    }
+  }
+  for (int r = 0; r < kM; ++r)
+    for (int c = 0; c < kW; ++c) {
+      float s = hsum(acc[r][c]);
+      for (int64_t j = kv; j < k; ++j) s += x[(m + r) * k + j] * w[(n0 + c) * k + j];
+      y[(m + r) * n + n0 + c] = b ? s + b[n0 + c] : s;
+    }
+}
+
+// Every row of x against kW rows of w from n0: kRowBlock rows of x at a time, then the rest one by one.
+// The kW weight rows (kW * k floats) stay in L1/L2 while the x rows pass over them.
+template <int kW>
+void linear_block(const float *x, const float *w, const float *b, float *y, int64_t m_rows, int64_t n,
+                  int64_t k, int64_t n0) {
+  constexpr int kRowBlock = kLanes == 16 ? 4 : 2;  // 16 or 8 accumulators: half the vector registers
+  int64_t m = 0;
+  for (; m + kRowBlock <= m_rows; m += kRowBlock) linear_micro<kRowBlock, kW>(x, w, b, y, n, k, m, n0);
+  for (; m < m_rows; ++m) linear_micro<1, kW>(x, w, b, y, n, k, m, n0);
+}
+
 // exp per lane (Cephes expf: 2^n * p(r), |r| <= ln2/2, about 1 ulp); below -87.3 it gives ~1e-38
 // instead of 0 (callers zero what must weigh exactly 0).
 inline vf exp_v(vf x) {
@@ -321,6 +362,28 @@ int Attention(int nparam, void **params, int *ndims, int64_t **shapes, const cha
           }
         }
   }
+  return 0;
+}
+
+// Linear(x (..., K), w (N, K)[, b (N)]) -> y (..., N) = x w^T (+ b), for a few rows of x against a large w
+// (a decode step): bound by reading w, so each thread streams its own 4-row slices of w exactly once and
+// reads every x row against them (a GEMM library tiles for arithmetic instead; ops/cpu_twins.py leaves
+// many-row products to it). Each output is one fp32 dot product in lane-strided order.
+int Linear(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  if ((nparam != 3 && nparam != 4) || ndims[1] != 2) return 1;
+  const bool has_bias = nparam == 4;
+  const float *x = static_cast<const float *>(params[0]);
+  const float *w = static_cast<const float *>(params[1]);
+  const float *b = has_bias ? static_cast<const float *>(params[2]) : nullptr;
+  float *y = static_cast<float *>(params[nparam - 1]);
+  const int64_t n = shapes[1][0], k = shapes[1][1];
+  if (shapes[0][ndims[0] - 1] != k) return 2;
+  const int64_t m_rows = numel(ndims[0], shapes[0]) / k;
+  constexpr int kW = 4;
+  const int64_t blocks = n / kW;
+#pragma omp parallel for schedule(static)
+  for (int64_t blk = 0; blk < blocks; ++blk) linear_block<kW>(x, w, b, y, m_rows, n, k, blk * kW);
+  for (int64_t n0 = blocks * kW; n0 < n; ++n0) linear_block<1>(x, w, b, y, m_rows, n, k, n0);
   return 0;
 }
 

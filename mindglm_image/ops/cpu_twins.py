@@ -20,7 +20,7 @@ from pathlib import Path
 import mindspore as ms
 from mindspore import mint, nn, ops
 
-from . import attention, layer_norm, rms_norm
+from . import attention, layer_norm, linear, rms_norm
 
 SOURCE = Path(__file__).resolve().parents[2] / "kernels" / "cpu" / "mindglm_kernels.cc"
 _FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
@@ -131,8 +131,39 @@ class AttentionTwin(nn.Cell):
         return self.kernel(query, key, value, bias, _scalar(scale))
 
 
+# The Linear kernel's range: a few rows (a decode step's batch) against a weight too large for the cache,
+# where reading the weight bounds the time (bench_kernels.py: `ar_decode_linear*`); elsewhere MatMul's GEMM
+# is the faster one.
+LINEAR_MAX_ROWS = 16
+LINEAR_MIN_WEIGHT = 1 << 18  # elements (1 MiB in fp32)
+
+
+def linear_uses_kernel(x_shape: tuple[int, ...], weight_shape: tuple[int, ...]) -> bool:
+    """Whether ``LinearTwin`` runs the kernel for these static shapes (fp32), else the composite."""
+    rows = 1
+    for size in x_shape[:-1]:
+        rows *= size
+    return rows <= LINEAR_MAX_ROWS and weight_shape[0] * weight_shape[1] >= LINEAR_MIN_WEIGHT
+
+
+class LinearTwin(nn.Cell):
+    """``linear`` by the C++ kernel ``Linear`` where ``linear_uses_kernel`` (decode steps), the composite
+    (MatMul) elsewhere: decided per call site at compile time from the static shapes."""
+
+    def __init__(self):
+        super().__init__()
+        out_shape = lambda x, w, *b: list(x[:-1]) + [w[0]]  # noqa: E731
+        self.kernel = _custom("Linear", out_shape, lambda x, w, *b: x)
+
+    def construct(self, x, weight, bias=None):
+        if x.dtype != ms.float32 or not linear_uses_kernel(x.shape, weight.shape):
+            return linear.linear(x, weight, bias)
+        if bias is None:
+            return self.kernel(x, weight)
+        return self.kernel(x, weight, bias)
+
 _TWINS = {"rms_norm": RmsNormTwin, "add_rms_norm": AddRmsNormTwin, "ada_layer_norm": AdaLayerNormTwin,
-          "attention": AttentionTwin}
+          "attention": AttentionTwin, "linear": LinearTwin}
 
 
 def has_twin(op: str) -> bool:

@@ -28,6 +28,8 @@ def case(op, shapes):
     if op == "ada_layer_norm":
         return lambda: (F.layer_norm(t["x"], (t["x"].shape[-1],), eps=1e-5) * (1 + t["scale"].unsqueeze(1))
                         + t["shift"].unsqueeze(1))
+    if op == "linear":
+        return lambda: F.linear(t["x"], t["w"], t.get("b"))
     if op == "conv2d":
         return lambda: F.conv2d(t["x"], t["w"], t["b"], padding=1)
     raise ValueError(op)
