@@ -35,6 +35,18 @@ def setup_runtime(device: str | None = None, graph_mode: bool = True) -> str:
     return device
 
 
+def reference_env() -> dict[str, str]:
+    """This process's environment without the OpenMP defaults the package set itself (``OMP_DEFAULTS``), for
+    the reference (torch) processes of the benchmarks: they run as their users would run them."""
+    import mindglm_image
+
+    env = dict(os.environ)
+    if mindglm_image.OMP_DEFAULTS_APPLIED:
+        for name in mindglm_image.OMP_DEFAULTS:
+            env.pop(name, None)
+    return env
+
+
 def default_compute_dtype(device: str) -> ms.Type:
     """bf16 on Ascend (the checkpoint's dtype); fp32 on CPU where bf16 MatMul is unsupported."""
     return ms.bfloat16 if device == "Ascend" else ms.float32

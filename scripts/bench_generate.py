@@ -67,9 +67,10 @@ def main() -> None:
             "cold_ar_tok_per_s": cold.ar_tokens / cold.ar_seconds, "cold_s_per_step": cold.denoise_seconds / cold.steps,
             "warm_ar_tok_per_s": max(t.ar_tokens / t.ar_seconds for t in warm),
             "warm_s_per_step": min(t.denoise_seconds / t.steps for t in warm)}
+    from mindglm_image.runtime import reference_env
     proc = subprocess.run([args.ref_python, str(ROOT / "scripts/reference/bench_generate_ref.py"), str(model),
                            str(args.height), str(args.width), str(args.steps), str(args.repeats)],
-                          capture_output=True, text=True, check=True)
+                          capture_output=True, text=True, check=True, env=reference_env())
     ref = json.loads(proc.stdout.strip().splitlines()[-1])
     ref_tok_s, ref_step = ref["ar_tokens"] / ref["ar_s"], ref["denoise_s"] / ref["steps"]
     report = {"model": str(model), "size": f"{args.height}x{args.width}", "steps": args.steps,

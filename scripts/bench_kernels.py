@@ -132,8 +132,9 @@ def main() -> None:
     from mindglm_image.runtime import setup_runtime
 
     setup_runtime("CPU")  # graph mode, as the pipeline runs
+    from mindglm_image.runtime import reference_env
     ref = subprocess.run([args.ref_python, str(ROOT / "scripts/reference/bench_kernels_ref.py"), json.dumps(CASES),
-                          str(args.repeats)], capture_output=True, text=True, check=True)
+                          str(args.repeats)], capture_output=True, text=True, check=True, env=reference_env())
     ref_ops = json.loads(ref.stdout.strip().splitlines()[-1])
     ops = bench_ops(args.repeats)
     report = {"operators_ms": {name: {"composite": round(1e3 * row["composite"], 3), "twin": round(1e3 * row["fused"], 3),
@@ -150,7 +151,7 @@ def main() -> None:
                    "print([l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1])")
         proc = subprocess.run([args.ref_python, "-c", wrapper, str(ROOT / "scripts/reference/bench_generate_ref.py"),
                                model, str(args.height), str(args.width), str(args.steps), str(args.repeats)],
-                              capture_output=True, text=True, check=True)
+                              capture_output=True, text=True, check=True, env=reference_env())
         *_, ref_line, ref_kb = proc.stdout.strip().splitlines()
         r = json.loads(ref_line)
         ref_peak = int(ref_kb) / 1024

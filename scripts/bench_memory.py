@@ -120,9 +120,12 @@ def main() -> None:
                           "--steps", common[2], "--limit-gb", common[3]]}
         if args.side == "both":
             sides["reference"] = [args.ref_python, str(ROOT / "scripts/reference/bench_memory_ref.py"), str(model), *common]
+        from mindglm_image.runtime import reference_env
+
         report = {}
         for side, cmd in sides.items():
-            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            env = reference_env() if side == "reference" else dict(os.environ)
+            proc = subprocess.run(cmd, capture_output=True, text=True, env={**env, "PYTHONPATH": str(ROOT)})
             lines = proc.stdout.strip().splitlines()
             report[side] = json.loads(lines[-1]) if lines else {"error": proc.stderr[-2000:]}
         peaks = {side: max(s["VmHWM"] for s in stages.values()) for side, stages in report.items() if "error" not in stages}

@@ -121,9 +121,10 @@ def bench_size(size: str, steps: int, count: int, sides: list[str], engine_cfgs:
     prompts, seeds = PROMPTS[:count], [1000 + i for i in range(count)]
     runs: dict[str, dict] = {}
     if "reference" in sides:
+        from mindglm_image.runtime import reference_env
         proc = subprocess.run([ref_python, str(ROOT / "scripts/reference/bench_throughput_ref.py"), str(model),
                                str(height), str(width), str(steps), json.dumps(prompts), json.dumps(seeds),
-                               str(WARM_SEED)], capture_output=True, text=True)
+                               str(WARM_SEED)], capture_output=True, text=True, env=reference_env())
         if proc.returncode != 0:
             raise RuntimeError(f"the reference side failed: {proc.stderr[-1500:]}")
         runs["reference"] = json.loads(proc.stdout.strip().splitlines()[-1])

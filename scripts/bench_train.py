@@ -76,9 +76,10 @@ def main() -> None:
     for size in args.sizes:
         folder = Path(tempfile.mkdtemp(prefix=f"bench-train-{size}-"))
         h, w = LATENT[size]
+        from mindglm_image.runtime import reference_env
         proc = subprocess.run([args.ref_python, str(ROOT / "scripts/reference/bench_train_ref.py"), str(folder),
                                json.dumps(SIZES[size]), str(args.batch), str(h), str(w), str(TEXT), str(args.steps)],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, env=reference_env())
         if proc.returncode:
             sys.exit(f"reference benchmark failed:\n{proc.stderr[-3000:]}")
         ref = json.loads(proc.stdout.strip().splitlines()[-1])

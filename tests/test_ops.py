@@ -284,3 +284,23 @@ def test_memory_lean_forms_are_bit_exact():
     flat = _Apply(heads_last_flat, True)(Tensor(first)).asnumpy()
     np.testing.assert_array_equal(flat, heads.asnumpy().reshape(2, 5, 32))
     np.testing.assert_array_equal(flat, _Apply(heads_last_flat, False)(Tensor(first)).asnumpy())
+
+
+@pytest.mark.parametrize("first, exported, policy, for_reference", [
+    ("", None, "passive", None),                    # the package's default, not handed to the reference
+    ("", "active", "active", "active"),             # a user's value is kept, everywhere
+    ("import mindspore; ", None, None, None),       # too late once MindSpore loaded libgomp: left unset
+])
+def test_openmp_wait_policy_default(first, exported, policy, for_reference):
+    """Importing the package first makes OpenMP threads sleep between kernels unless the user chose otherwise;
+    the benchmarks' reference processes get the environment without that default."""
+    import os
+    import sys
+
+    code = (f"{first}import os, mindglm_image; from mindglm_image.runtime import reference_env; "
+            "print(os.environ.get('OMP_WAIT_POLICY'), reference_env().get('OMP_WAIT_POLICY'))")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if exported:
+        env["OMP_WAIT_POLICY"] = exported
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split()[-2:] == [str(policy), str(for_reference)]

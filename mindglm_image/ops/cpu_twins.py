@@ -51,6 +51,10 @@ def library() -> Path | None:
     key = hashlib.sha256(source + " ".join((cxx,) + _FLAGS).encode() + _cpu_flags()).hexdigest()[:16]
     cache = Path(os.environ.get("MINDGLM_KERNEL_CACHE", Path.home() / ".cache" / "mindglm_image" / "kernels"))
     target = cache / key / "mindglm_kernels.so"
+    if "OMP_WAIT_POLICY" not in os.environ:  # see mindglm_image/__init__.py
+        _log.warning("the CPU twins' OpenMP threads will spin between kernels on the cores MindSpore's threads "
+                     "need (MindSpore was imported before mindglm_image, so OMP_WAIT_POLICY=passive could not be "
+                     "set): export OMP_WAIT_POLICY=passive before starting Python, or import mindglm_image first")
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
