@@ -37,6 +37,10 @@ CASES = {
     # one prompt with a bias, and the engine's batch of 8 prompts
     "ar_decode_linear": {"op": "linear", "shapes": {"x": (1, 1, 1024), "w": (16384, 1024), "b": (16384,)}},
     "ar_decode_linear_batch8": {"op": "linear", "shapes": {"x": (8, 1, 1024), "w": (16384, 1024)}},
+    # the DiT's 2-D rope on a 512x512 image's queries (B, S, H, d) with one table for all heads, and the AR
+    # MLP's SwiGLU over a 256-token prompt at intermediate size 4096
+    "dit_rotary_512px": {"op": "rotary", "shapes": {"x": (2, 1024, 8, 128), "cos": (1024, 1, 128), "sin": (1024, 1, 128)}},
+    "ar_swiglu": {"op": "swiglu", "shapes": {"x": (2, 256, 8192)}},
     # a VAE decoder conv at 256 px (the built-in Conv2D on every device: no twin, so composite = twin)
     "vae_conv3x3_256px": {"op": "conv2d", "shapes": {"x": (1, 32, 256, 256), "w": (32, 32, 3, 3), "b": (32,)}},
 }
@@ -70,7 +74,11 @@ def bench_ops(repeats: int) -> dict:
             self.op = op
             self.fn = registry.resolve(op, "CPU", mode).fn
 
-        def construct(self, a, b, c=None, d=None):
+        def construct(self, a, b=None, c=None, d=None):
+            if self.op == "rotary":
+                return self.fn(a, b, c)
+            if self.op == "swiglu":
+                return self.fn(a)
             if self.op == "linear":
                 return self.fn(a, b, c)
             if self.op == "conv2d":

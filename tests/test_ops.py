@@ -49,11 +49,11 @@ def test_mode_defaults_and_bad_value(monkeypatch):
 
 
 def test_cpu_fused_resolution():
-    """CPU twins where they exist, the composite elsewhere (rotary, SwiGLU, plain LayerNorm)."""
+    """CPU twins where they exist, the composite elsewhere (plain LayerNorm)."""
     kinds = {op: registry.kind_of(op, "CPU", "fused") for op in ASCEND}
     assert kinds == {"attention": "cpu_twin", "rms_norm": "cpu_twin", "add_rms_norm": "cpu_twin",
-                     "ada_layer_norm": "cpu_twin", "layer_norm": "composite", "rotary": "composite",
-                     "swiglu": "composite", "linear": "cpu_twin"}
+                     "ada_layer_norm": "cpu_twin", "layer_norm": "composite", "rotary": "cpu_twin",
+                     "swiglu": "cpu_twin", "linear": "cpu_twin"}
 
 
 def test_missing_compiler_falls_back(monkeypatch, tmp_path, caplog):
@@ -136,6 +136,21 @@ def test_linear_twin(x_shape, n, parity_report):
         composite, twin = _both("linear", args)
         assert twin.shape == x_shape[:-1] + (n,)
         _close(composite, twin, 2e-6 if kernel else 0, report=parity_report, name="linear")
+
+
+@pytest.mark.parametrize("x_shape, table_shape", [((2, 4, 5, 16), (2, 1, 5, 8)),   # AR: partial, one table per head
+                                                  ((2, 7, 3, 8), (7, 1, 8)),       # DiT: whole head, no batch axis
+                                                  ((1, 2, 3, 11), (1, 1, 3, 6))])  # odd head dim
+def test_rotary_and_swiglu_twins(x_shape, table_shape, parity_report):
+    rng = np.random.default_rng(2)
+    x = Tensor(rng.standard_normal(x_shape).astype(np.float32))
+    angle = rng.uniform(0, 6.3, table_shape).astype(np.float32)
+    cos, sin = Tensor(np.cos(angle)), Tensor(np.sin(angle))
+    _close(*_both("rotary", (x, cos, sin)), report=parity_report, name="rotary")
+    gate_up = Tensor(rng.standard_normal(x_shape[:-1] + (2 * x_shape[-1],)).astype(np.float32) * 4)
+    composite, twin = _both("swiglu", (gate_up,))
+    assert twin.shape == x_shape
+    _close(composite, twin, report=parity_report, name="swiglu")
 
 
 def _causal(batch, seq, keys, valid):

@@ -387,4 +387,65 @@ int Linear(int nparam, void **params, int *ndims, int64_t **shapes, const char *
   return 0;
 }
 
+// Rotary(x (..., D), cos (..., R), sin (..., R)) -> y (..., D): rotate-half on the first R channels of each
+// row, the rest copied. cos/sin have x's rank (ops/cpu_twins.py pads it) with each leading axis equal to
+// x's or 1 (broadcast: one table row for all heads). y[j] = x[j] c[j] - x[j + R/2] s[j] for j < R/2,
+// x[j] c[j] + x[j - R/2] s[j] for R/2 <= j < R.
+int Rotary(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  const int nd = ndims[0];
+  if (nparam != 4 || nd < 1 || nd > 8 || ndims[1] != nd || ndims[2] != nd) return 1;
+  const float *x = static_cast<const float *>(params[0]);
+  const float *cs = static_cast<const float *>(params[1]);
+  const float *sn = static_cast<const float *>(params[2]);
+  float *y = static_cast<float *>(params[3]);
+  const int64_t d = shapes[0][nd - 1], r = shapes[1][nd - 1], half = r / 2;
+  if (r > d || r % 2 || shapes[2][nd - 1] != r) return 2;
+  int64_t table_stride[8];  // elements of the table skipped per step of each leading axis (0: broadcast)
+  int64_t stride = r;
+  for (int a = nd - 2; a >= 0; --a) {
+    if (shapes[1][a] != shapes[0][a] && shapes[1][a] != 1) return 3;
+    table_stride[a] = shapes[1][a] == 1 ? 0 : stride;
+    stride *= shapes[1][a];
+  }
+  const int64_t rows = numel(nd, shapes[0]) / d;
+#pragma omp parallel for schedule(static) if (rows * d > 65536)
+  for (int64_t row = 0; row < rows; ++row) {
+    int64_t t = 0;
+    for (int64_t a = nd - 2, rest = row; a >= 0; --a) {
+      t += rest % shapes[0][a] * table_stride[a];
+      rest /= shapes[0][a];
+    }
+    const float *xr = x + row * d, *c = cs + t, *s = sn + t;
+    float *yr = y + row * d;
+#pragma omp simd
+    for (int64_t j = 0; j < half; ++j) yr[j] = xr[j] * c[j] - xr[j + half] * s[j];
+#pragma omp simd
+    for (int64_t j = half; j < r; ++j) yr[j] = xr[j] * c[j] + xr[j - half] * s[j];
+    std::copy(xr + r, xr + d, yr + r);
+  }
+  return 0;
+}
+
+// SwiGlu(gate_up (..., 2F)) -> y (..., F) = up * silu(gate), [gate | up] halves of each row; silu(g) =
+// g / (1 + exp(-g)) with the vector exp above (for g < -88.3 a ~1e-36 instead of -0).
+int SwiGlu(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  if (nparam != 2) return 1;
+  const float *x = static_cast<const float *>(params[0]);
+  float *y = static_cast<float *>(params[1]);
+  const int64_t f = shapes[0][ndims[0] - 1] / 2;
+  const int64_t rows = numel(ndims[0], shapes[0]) / (2 * f);
+#pragma omp parallel for schedule(static) if (rows * f > 65536)
+  for (int64_t row = 0; row < rows; ++row) {
+    const float *gate = x + row * 2 * f, *up = gate + f;
+    float *yr = y + row * f;
+    int64_t j = 0;
+    for (; j + kLanes <= f; j += kLanes) {
+      const vf g = load(gate + j);
+      store(yr + j, load(up + j) * (g / (1.f + exp_v(-g))));
+    }
+    for (; j < f; ++j) yr[j] = up[j] * (gate[j] / (1.f + std::exp(-gate[j])));
+  }
+  return 0;
+}
+
 }  // extern "C"

@@ -20,7 +20,7 @@ from pathlib import Path
 import mindspore as ms
 from mindspore import mint, nn, ops
 
-from . import attention, layer_norm, linear, rms_norm
+from . import attention, gated_activation, layer_norm, linear, rms_norm, rotary
 
 SOURCE = Path(__file__).resolve().parents[2] / "kernels" / "cpu" / "mindglm_kernels.cc"
 _FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
@@ -166,8 +166,35 @@ class LinearTwin(nn.Cell):
             return self.kernel(x, weight)
         return self.kernel(x, weight, bias)
 
+class RotaryTwin(nn.Cell):
+    """``apply_rotary`` by the C++ kernel ``Rotary`` (rotate-half and pass-through in one pass); the tables are
+    given x's rank here, so the kernel broadcasts them over leading axes of size 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.kernel = _custom("Rotary", lambda x, c, s: x, lambda x, c, s: x)
+
+    def construct(self, x, cos, sin):
+        if x.dtype != ms.float32 or cos.dtype != ms.float32:
+            return rotary.apply_rotary(x, cos, sin)
+        lead = (1,) * (len(x.shape) - len(cos.shape))
+        return self.kernel(x, cos.reshape(lead + cos.shape), sin.reshape(lead + sin.shape))
+
+
+class SwiGluTwin(nn.Cell):
+    """``swiglu`` by the C++ kernel ``SwiGlu`` (split, SiLU and product in one pass)."""
+
+    def __init__(self):
+        super().__init__()
+        self.kernel = _custom("SwiGlu", lambda x: list(x[:-1]) + [x[-1] // 2], lambda x: x)
+
+    def construct(self, gate_up):
+        if gate_up.dtype != ms.float32:
+            return gated_activation.swiglu(gate_up)
+        return self.kernel(gate_up)
+
 _TWINS = {"rms_norm": RmsNormTwin, "add_rms_norm": AddRmsNormTwin, "ada_layer_norm": AdaLayerNormTwin,
-          "attention": AttentionTwin, "linear": LinearTwin}
+          "attention": AttentionTwin, "linear": LinearTwin, "rotary": RotaryTwin, "swiglu": SwiGluTwin}
 
 
 def has_twin(op: str) -> bool:

@@ -28,6 +28,16 @@ def case(op, shapes):
     if op == "ada_layer_norm":
         return lambda: (F.layer_norm(t["x"], (t["x"].shape[-1],), eps=1e-5) * (1 + t["scale"].unsqueeze(1))
                         + t["shift"].unsqueeze(1))
+    if op == "rotary":
+        def rotate():
+            x1, x2 = t["x"].chunk(2, -1)
+            return t["x"] * t["cos"] + torch.cat((-x2, x1), -1) * t["sin"]
+        return rotate
+    if op == "swiglu":
+        def swiglu():
+            gate, up = t["x"].chunk(2, -1)
+            return F.silu(gate) * up
+        return swiglu
     if op == "linear":
         return lambda: F.linear(t["x"], t["w"], t.get("b"))
     if op == "conv2d":
