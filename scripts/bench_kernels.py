@@ -130,6 +130,9 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--skip-e2e", action="store_true", help="operators only")
+    parser.add_argument("--child-env", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="environment of our end-to-end processes, e.g. OMP_WAIT_POLICY=active (threads "
+                             "always spin) or OMP_WAIT_POLICY= (libgomp's own default) against the package's passive")
     parser.add_argument("--e2e-child", default=None, help=argparse.SUPPRESS)  # internal: one pipeline run
     parser.add_argument("--ref-python", default=os.environ.get("MINDGLM_REF_PYTHON", str(ROOT / ".venv-ref/bin/python")))
     args = parser.parse_args()
@@ -169,12 +172,14 @@ def main() -> None:
             child = subprocess.run([sys.executable, __file__, "--e2e-child", model, "--height", str(args.height),
                                     "--width", str(args.width), "--steps", str(args.steps), "--repeats",
                                     str(args.repeats)], capture_output=True, text=True, check=True,
-                                   env={**os.environ, "MINDGLM_KERNELS": mode})
+                                   env={**os.environ, "MINDGLM_KERNELS": mode,
+                                        **dict(item.split("=", 1) for item in args.child_env)})
             e2e[mode] = json.loads(child.stdout.strip().splitlines()[-1])
         for mode in ("composite", "fused"):
             e2e[mode]["ar_vs_reference"] = e2e[mode]["ar_tok_per_s"] / e2e["reference"]["ar_tok_per_s"]
             e2e[mode]["step_vs_reference"] = e2e["reference"]["s_per_step"] / e2e[mode]["s_per_step"]
         report["end_to_end"] = {"model": model, "size": f"{args.height}x{args.width}", "steps": args.steps,
+                                "child_env": args.child_env,
                                 **{k: {m: round(v, 4) for m, v in row.items()} for k, row in e2e.items()}}
     print(json.dumps(report, indent=2))
 
