@@ -75,12 +75,10 @@ def bench_ops(repeats: int) -> dict:
             self.fn = registry.resolve(op, "CPU", mode).fn
 
         def construct(self, a, b=None, c=None, d=None):
-            if self.op == "rotary":
+            if self.op in ("rotary", "linear"):
                 return self.fn(a, b, c)
             if self.op == "swiglu":
                 return self.fn(a)
-            if self.op == "linear":
-                return self.fn(a, b, c)
             if self.op == "conv2d":
                 return self.fn(a, b, c, 1, 1)
             if self.op == "attention":

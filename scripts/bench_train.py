@@ -69,14 +69,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.steps < 2:
         parser.error("--steps must be at least 2 (one cold step, then warm ones)")
-    from mindglm_image.runtime import setup_runtime
+    from mindglm_image.runtime import reference_env, setup_runtime
 
     setup_runtime("CPU")
     report = {}
     for size in args.sizes:
         folder = Path(tempfile.mkdtemp(prefix=f"bench-train-{size}-"))
         h, w = LATENT[size]
-        from mindglm_image.runtime import reference_env
         proc = subprocess.run([args.ref_python, str(ROOT / "scripts/reference/bench_train_ref.py"), str(folder),
                                json.dumps(SIZES[size]), str(args.batch), str(h), str(w), str(TEXT), str(args.steps)],
                               capture_output=True, text=True, env=reference_env())

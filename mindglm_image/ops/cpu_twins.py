@@ -166,6 +166,7 @@ class LinearTwin(nn.Cell):
             return self.kernel(x, weight)
         return self.kernel(x, weight, bias)
 
+
 class RotaryTwin(nn.Cell):
     """``apply_rotary`` by the C++ kernel ``Rotary`` (rotate-half and pass-through in one pass); the tables are
     given x's rank here, so the kernel broadcasts them over leading axes of size 1."""
@@ -192,6 +193,7 @@ class SwiGluTwin(nn.Cell):
         if gate_up.dtype != ms.float32:
             return gated_activation.swiglu(gate_up)
         return self.kernel(gate_up)
+
 
 _TWINS = {"rms_norm": RmsNormTwin, "add_rms_norm": AddRmsNormTwin, "ada_layer_norm": AdaLayerNormTwin,
           "attention": AttentionTwin, "linear": LinearTwin, "rotary": RotaryTwin, "swiglu": SwiGluTwin}
