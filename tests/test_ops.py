@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from mindspore import Tensor, nn
 
-from mindglm_image.ops import (adamw_ema, ascendc, attention, cpu_twins, gated_activation, layer_norm, linear,
-                                registry, rms_norm, rotary)
+from mindglm_image.ops import (adamw_ema, ascendc, attention, cpu_twins, gated_activation, gelu, layer_norm,
+                                linear, registry, rms_norm, rotary)
 from mindglm_image.ops.attention import MASKED
 
 # operator -> (Ascend implementation, the MindSpore built-in it calls)
@@ -49,11 +49,13 @@ def test_mode_defaults_and_bad_value(monkeypatch):
 
 
 def test_cpu_fused_resolution():
-    """CPU twins where they exist, the composite elsewhere (plain LayerNorm)."""
-    kinds = {op: registry.kind_of(op, "CPU", "fused") for op in ASCEND}
+    """CPU twins where they exist (every op with an Ascend built-in, and GeLU), the composite elsewhere."""
+    kinds = {op: registry.kind_of(op, "CPU", "fused") for op in (*ASCEND, "gelu", "conv2d", "adamw_ema")}
     assert kinds == {"attention": "cpu_twin", "rms_norm": "cpu_twin", "add_rms_norm": "cpu_twin",
-                     "ada_layer_norm": "cpu_twin", "layer_norm": "composite", "rotary": "cpu_twin",
-                     "swiglu": "cpu_twin", "linear": "cpu_twin"}
+                     "ada_layer_norm": "cpu_twin", "layer_norm": "cpu_twin", "rotary": "cpu_twin",
+                     "swiglu": "cpu_twin", "linear": "cpu_twin", "gelu": "cpu_twin", "conv2d": "composite",
+                     "adamw_ema": "composite"}
+    assert registry.resolve("gelu", "Ascend", "fused").fn is gelu.gelu  # the built-in kernel there
 
 
 def test_missing_compiler_falls_back(monkeypatch, tmp_path, caplog):
@@ -80,13 +82,14 @@ class _Apply(nn.Cell):
 
 
 class _Attention(nn.Cell):
-    def __init__(self, fn, scale: float):
+    def __init__(self, fn, scale: float, layout: str = "BNSD"):
         super().__init__()
         self.fn = fn
         self.scale = scale
+        self.layout = layout
 
     def construct(self, query, key, value, bias):
-        return self.fn(query, key, value, self.scale, bias)
+        return self.fn(query, key, value, self.scale, bias, self.layout)
 
 
 def _both(op, args, *constants):
@@ -116,6 +119,21 @@ def test_norm_twins(shape, parity_report):
     _close(t0, t1, 0)
     shift, scale = (Tensor(rng.standard_normal((shape[0], shape[-1])).astype(np.float32)) for _ in range(2))
     _close(*_both("ada_layer_norm", (x + 5, shift, scale), 1e-5), report=parity_report, name="ada_layer_norm")
+    b = Tensor(rng.standard_normal(shape[-1]).astype(np.float32))
+    for affine in ((), (w,), (w, b)):  # qk-norm (none), weight only, weight and bias
+        composite = _Apply(layer_norm.layer_norm, 1e-6, *affine)(x + 5)
+        _close(composite, _Apply(registry.resolve("layer_norm", "CPU", "fused").fn, 1e-6, *affine)(x + 5),
+               report=parity_report, name="layer_norm")
+
+
+@pytest.mark.parametrize("shape", [(2, 9, 4096 + 3), (1, 5), (70000,)])  # odd tails, one vector, threaded chunks
+def test_gelu_twin(shape, parity_report):
+    """The tanh form by the kernel against the built-in, over inputs from -12 to 12 (both saturated ends);
+    the erf form stays the built-in."""
+    x = Tensor(np.linspace(-12, 12, int(np.prod(shape)), dtype=np.float32).reshape(shape))
+    composite, twin = _both("gelu", (x,), "tanh")
+    _close(composite, twin, report=parity_report, name="gelu_tanh")
+    _close(*_both("gelu", (x,), "none"), 0)
 
 
 @pytest.mark.parametrize("x_shape, n", [((1, 1, 1024), 4096),   # a decode step: the kernel
@@ -212,6 +230,13 @@ def test_attention_twin(case, parity_report):
         Tensor(q), Tensor(kv[0]), Tensor(kv[1]), None if bias is None else Tensor(bias))
         for mode in ("composite", "fused")]
     _close(*outputs, 5e-6, report=parity_report, name=f"attention_{case}")
+    # the same in BSND (the DiT's layout): both modes read and write (B, S, H, d), equal to BNSD transposed
+    bsnd = [Tensor(a.transpose(0, 2, 1, 3).copy()) for a in (q, *kv)]
+    for mode in ("composite", "fused"):
+        out = _Attention(registry.resolve("attention", "CPU", mode).fn, d ** -0.5, "BSND")(
+            *bsnd, None if bias is None else Tensor(bias))
+        _close(outputs[0], Tensor(out.asnumpy().transpose(0, 2, 1, 3)), 5e-6, report=parity_report,
+               name=f"attention_bsnd_{case}")
 
 
 def test_ascendc_selected_when_installed(monkeypatch):
@@ -276,6 +301,8 @@ def test_model_cells_take_the_twins(monkeypatch):
     block = GlmImageTransformerBlock(16, 2, 8, 8)
     assert isinstance(block.attn1.attention, cpu_twins.AttentionTwin)
     assert isinstance(block.ada_layer_norm, cpu_twins.AdaLayerNormTwin)
+    assert isinstance(block.ff.net[0].gelu, cpu_twins.GeluTwin)
+    assert isinstance(block.attn1.layer_norm, cpu_twins.LayerNormTwin)
     monkeypatch.setenv("MINDGLM_KERNELS", "composite")
     assert GlmImageTransformerBlock(16, 2, 8, 8).attn1.attention is attention.attention
 
@@ -283,7 +310,7 @@ def test_model_cells_take_the_twins(monkeypatch):
 def test_memory_lean_forms_are_bit_exact():
     """The CPU forms that keep no per-element index tables in a compiled graph (bias added as a same-shape
     operand, head axis moved by per-head slices) give exactly the fused linear and the plain permutes."""
-    from mindglm_image.ops.layout import heads_first, heads_last_flat
+    from mindglm_image.ops.layout import heads_first, heads_second
 
     rng = np.random.default_rng(3)
     x = Tensor(rng.standard_normal((2, 33, 64)).astype(np.float32))
@@ -293,12 +320,9 @@ def test_memory_lean_forms_are_bit_exact():
     np.testing.assert_array_equal(lean, _Apply(linear.linear_ascend)(x, weight, bias).asnumpy())
     np.testing.assert_allclose(lean, x.asnumpy() @ weight.asnumpy().T + bias.asnumpy(), rtol=1e-5, atol=1e-5)
     heads = Tensor(rng.standard_normal((2, 5, 4, 8)).astype(np.float32))  # (B, S, H, d)
-    first = _Apply(heads_first, True)(heads).asnumpy()
+    first = _Apply(heads_first)(heads).asnumpy()
     np.testing.assert_array_equal(first, heads.asnumpy().transpose(0, 2, 1, 3))
-    np.testing.assert_array_equal(first, _Apply(heads_first, False)(heads).asnumpy())
-    flat = _Apply(heads_last_flat, True)(Tensor(first)).asnumpy()
-    np.testing.assert_array_equal(flat, heads.asnumpy().reshape(2, 5, 32))
-    np.testing.assert_array_equal(flat, _Apply(heads_last_flat, False)(Tensor(first)).asnumpy())
+    np.testing.assert_array_equal(_Apply(heads_second)(Tensor(first)).asnumpy(), heads.asnumpy())
 
 
 @pytest.mark.parametrize("first, exported, policy, for_reference", [

@@ -167,27 +167,29 @@ inline void scores_micro(const float *q, const float *kt, int64_t dp, float *sco
 }
 
 // The same scores for a block of at most kMicro rows (a decode step's grouped heads), straight from K's
-// rows (stride dp == d): dot products over the head dim, so no tile is transposed for a few rows.
-inline void scores_dot(const float *q, int64_t rows, const float *k, int64_t n, int64_t dp, float *scores) {
+// rows (dp == d; consecutive keys ks apart): dot products over the head dim, so no tile is transposed.
+inline void scores_dot(const float *q, int64_t rows, const float *k, int64_t ks, int64_t n, int64_t dp,
+                       float *scores) {
   for (int64_t t = 0; t < n; ++t)
     for (int64_t r = 0; r < rows; ++r) {
       vf acc = vf{};
-      for (int64_t j = 0; j < dp; j += kLanes) acc += load(q + r * dp + j) * load(k + t * dp + j);
+      for (int64_t j = 0; j < dp; j += kLanes) acc += load(q + r * dp + j) * load(k + t * ks + j);
       float dot = 0.f;
       for (int i = 0; i < kLanes; ++i) dot += acc[i];
       scores[r * kTile + t] = dot;
     }
 }
 
-// o[r][c0 .. c0 + kVecs * kLanes) += sum_t p[r][t] * v[t][same columns], kMicro rows and n keys (both stride dp).
+// o[r][c0 .. c0 + kVecs * kLanes) += sum_t p[r][t] * v[t][same columns], kMicro rows (stride dp) and n keys
+// (consecutive values vs apart).
 template <int kVecs>
-inline void output_cols(const float *p, const float *v, int64_t n, int64_t dp, float *o) {
+inline void output_cols(const float *p, const float *v, int64_t vs, int64_t n, int64_t dp, float *o) {
   vf acc[kMicro][kVecs];
   for (int r = 0; r < kMicro; ++r)
     for (int c = 0; c < kVecs; ++c) acc[r][c] = load(o + r * dp + c * kLanes);
   for (int64_t t = 0; t < n; ++t) {
     vf vv[kVecs];
-    for (int c = 0; c < kVecs; ++c) vv[c] = load(v + t * dp + c * kLanes);
+    for (int c = 0; c < kVecs; ++c) vv[c] = load(v + t * vs + c * kLanes);
     for (int r = 0; r < kMicro; ++r)
       for (int c = 0; c < kVecs; ++c) acc[r][c] += p[r * kTile + t] * vv[c];
   }
@@ -196,10 +198,112 @@ inline void output_cols(const float *p, const float *v, int64_t n, int64_t dp, f
 }
 
 // o[r][:] += p[r][:n] x v[:n][:] over all dp columns, kChunk vectors at a time (then the remainder).
-inline void output_micro(const float *p, const float *v, int64_t n, int64_t dp, float *o) {
+inline void output_micro(const float *p, const float *v, int64_t vs, int64_t n, int64_t dp, float *o) {
   int64_t c0 = 0;
-  for (; c0 + kChunk * kLanes <= dp; c0 += kChunk * kLanes) output_cols<kChunk>(p, v + c0, n, dp, o + c0);
-  for (; c0 < dp; c0 += kLanes) output_cols<1>(p, v + c0, n, dp, o + c0);
+  for (; c0 + kChunk * kLanes <= dp; c0 += kChunk * kLanes) output_cols<kChunk>(p, v + c0, vs, n, dp, o + c0);
+  for (; c0 < dp; c0 += kLanes) output_cols<1>(p, v + c0, vs, n, dp, o + c0);
+}
+
+// Attention over q, k, v in either layout: BNSD (q (B, Hq, S, d), k/v (B, Hkv, K, d)) or BSND (q (B, S, Hq, d),
+// k/v (B, K, Hkv, d), the projections' own layout: no head transpose before or after); out has q's shape.
+// bias (Bb, Hb, Sb, K) in both, each of Bb, Hb, Sb equal to its full size (B, Hq, S) or 1; scale (1).
+// Flash-style: the (S, K) score matrix is never materialised. The query heads that share a KV head are
+// folded into its rows (row i = group i / S, position i % S), so a decode step's grouped heads make one
+// block. A task is a block of kBlock rows of one KV head; each 64-key tile of K is transposed once per
+// block (dp x 64, the head dim zero-padded to whole vectors; V is copied only when d needs that padding
+// or, in BSND, to make its rows contiguous);
+// then the register-blocked kernels above compute kMicro rows at a time: scores, online softmax (exp_v),
+// and the rescaled output update. A block of at most kMicro rows (decode) skips the transpose.
+int attention(int nparam, void **params, int *ndims, int64_t **shapes, bool bsnd) {
+  if (nparam != 6 || ndims[0] != 4 || ndims[1] != 4 || ndims[3] != 4) return 1;
+  const float *q = static_cast<const float *>(params[0]);
+  const float *k = static_cast<const float *>(params[1]);
+  const float *v = static_cast<const float *>(params[2]);
+  const float *bias = static_cast<const float *>(params[3]);
+  const float scale = *static_cast<const float *>(params[4]);
+  float *out = static_cast<float *>(params[5]);
+  const int64_t B = shapes[0][0], D = shapes[0][3];
+  const int64_t S = shapes[0][bsnd ? 1 : 2], H = shapes[0][bsnd ? 2 : 1];
+  const int64_t K = shapes[1][bsnd ? 1 : 2], HKV = shapes[1][bsnd ? 2 : 1];
+  const int64_t bb = shapes[3][0], bh = shapes[3][1], bs = shapes[3][2];
+  if (shapes[3][3] != K || H % HKV) return 2;
+  // element strides of a batch, a head and a position (query/output; key/value)
+  const int64_t qb_stride = S * H * D, qh = bsnd ? D : S * D, qs = bsnd ? H * D : D;
+  const int64_t kb_stride = K * HKV * D, kh = bsnd ? D : K * D, ks = bsnd ? HKV * D : D;
+  const int64_t groups = H / HKV, rows_per_kv = groups * S;
+  const int64_t dp = (D + kLanes - 1) / kLanes * kLanes;  // head dim padded to whole vectors
+  const int64_t row_blocks = (rows_per_kv + kBlock - 1) / kBlock;
+#pragma omp parallel
+  {
+    std::vector<float> kt(dp * kTile), vt(kTile * dp),  // zero-initialised: the padding stays 0
+        qb(kBlock * dp), ob(kBlock * dp), probs(kMicro * kTile),
+        scores(kMicro * kTile);
+    std::vector<float> m(kBlock), l(kBlock);
+    std::vector<const float *> brow(kBlock);
+#pragma omp for schedule(dynamic) collapse(3)
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t kvh = 0; kvh < HKV; ++kvh)
+        for (int64_t blk = 0; blk < row_blocks; ++blk) {
+          const int64_t i0 = blk * kBlock, rows = std::min(kBlock, rows_per_kv - i0);
+          const float *kb = k + b * kb_stride + kvh * kh;
+          const float *vb = v + b * kb_stride + kvh * kh;
+          // 1. the block's query rows, scaled and zero-padded (rows past the end stay zero), and bias rows
+          std::fill(qb.begin(), qb.end(), 0.f);
+          for (int64_t r = 0; r < rows; ++r) {
+            const int64_t h = kvh * groups + (i0 + r) / S, s = (i0 + r) % S;
+            const float *qr = q + b * qb_stride + h * qh + s * qs;
+            for (int64_t j = 0; j < D; ++j) qb[r * dp + j] = qr[j] * scale;
+            brow[r] = bias + (((bb == 1 ? 0 : b) * bh + (bh == 1 ? 0 : h)) * bs + (bs == 1 ? 0 : s)) * K;
+          }
+          const bool few_rows = rows <= kMicro && dp == D;
+          std::fill(ob.begin(), ob.end(), 0.f);
+          std::fill(m.begin(), m.end(), -INFINITY);
+          std::fill(l.begin(), l.end(), 0.f);
+          for (int64_t k0 = 0; k0 < K; k0 += kTile) {
+            // 2. the tile: K transposed (dp x 64; rows past the head dim stay 0, columns past the last key
+            // keep finite stale values that the softmax masks), V read in place unless d needs padding
+            const int64_t n = std::min(kTile, K - k0);
+            if (!few_rows)
+              for (int64_t j = 0; j < D; ++j)
+                for (int64_t t = 0; t < n; ++t) kt[j * kTile + t] = kb[(k0 + t) * ks + j];
+            const float *vtile = vb + k0 * ks;
+            int64_t vs = ks;
+            if (dp != D || (ks != D && !few_rows)) {  // padded, or BSND rows a page apart: one contiguous copy
+              for (int64_t t = 0; t < n; ++t) std::copy(vtile + t * ks, vtile + t * ks + D, vt.data() + t * dp);
+              vtile = vt.data();
+              vs = dp;
+            }
+            for (int64_t r0 = 0; r0 < rows; r0 += kMicro) {
+              // 3. scores of kMicro rows x 64 keys, then each row's online-softmax update
+              if (few_rows)
+                scores_dot(qb.data(), rows, kb + k0 * ks, ks, n, dp, scores.data());
+              else
+                scores_micro(qb.data() + r0 * dp, kt.data(), dp, scores.data());
+              for (int64_t r = 0; r < kMicro; ++r) {
+                float *p = probs.data() + r * kTile;
+                if (r0 + r >= rows) {
+                  std::fill(p, p + kTile, 0.f);
+                  continue;
+                }
+                const float correction = softmax_tile(scores.data() + r * kTile, brow[r0 + r] + k0, n, m[r0 + r],
+                                                      l[r0 + r], p);
+                float *orow = ob.data() + (r0 + r) * dp;
+                for (int64_t j = 0; j < dp; ++j) orow[j] *= correction;
+              }
+              // 4. output rows += probabilities x V tile
+              output_micro(probs.data(), vtile, vs, n, dp, ob.data() + r0 * dp);
+            }
+          }
+          // 5. normalise and scatter the rows back to their heads
+          for (int64_t r = 0; r < rows; ++r) {
+            const int64_t h = kvh * groups + (i0 + r) / S, s = (i0 + r) % S;
+            float *o = out + b * qb_stride + h * qh + s * qs;
+            const float inv = 1.f / l[r];
+            for (int64_t j = 0; j < D; ++j) o[j] = ob[r * dp + j] * inv;
+          }
+        }
+  }
+  return 0;
 }
 
 }  // namespace
@@ -271,98 +375,57 @@ int AdaLayerNorm(int nparam, void **params, int *ndims, int64_t **shapes, const 
   return 0;
 }
 
-// Attention(q (B, Hq, S, d), k (B, Hkv, K, d), v (B, Hkv, K, d), bias (Bb, Hb, Sb, K) with each of
-// Bb, Hb, Sb equal to its full size or 1, scale (1)) -> out (B, Hq, S, d).
-// Flash-style: the (S, K) score matrix is never materialised. The query heads that share a KV head are
-// folded into its rows (row i = group i / S, position i % S), so a decode step's grouped heads make one
-// block. A task is a block of kBlock rows of one KV head; each 64-key tile of K is transposed once per
-// block (dp x 64, the head dim zero-padded to whole vectors; V is copied only when d needs that padding);
-// then the register-blocked kernels above compute kMicro rows at a time: scores, online softmax (exp_v),
-// and the rescaled output update. A block of at most kMicro rows (decode) skips the transpose.
-int Attention(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
-  if (nparam != 6 || ndims[0] != 4 || ndims[1] != 4 || ndims[3] != 4) return 1;
-  const float *q = static_cast<const float *>(params[0]);
-  const float *k = static_cast<const float *>(params[1]);
-  const float *v = static_cast<const float *>(params[2]);
-  const float *bias = static_cast<const float *>(params[3]);
-  const float scale = *static_cast<const float *>(params[4]);
-  float *out = static_cast<float *>(params[5]);
-  const int64_t B = shapes[0][0], H = shapes[0][1], S = shapes[0][2], D = shapes[0][3];
-  const int64_t HKV = shapes[1][1], K = shapes[1][2];
-  const int64_t bb = shapes[3][0], bh = shapes[3][1], bs = shapes[3][2];
-  if (shapes[3][3] != K || H % HKV) return 2;
-  const int64_t groups = H / HKV, rows_per_kv = groups * S;
-  const int64_t dp = (D + kLanes - 1) / kLanes * kLanes;  // head dim padded to whole vectors
-  const int64_t row_blocks = (rows_per_kv + kBlock - 1) / kBlock;
-#pragma omp parallel
-  {
-    std::vector<float> kt(dp * kTile), vt(kTile * dp),  // zero-initialised: the padding stays 0
-        qb(kBlock * dp), ob(kBlock * dp), probs(kMicro * kTile),
-        scores(kMicro * kTile);
-    std::vector<float> m(kBlock), l(kBlock);
-    std::vector<const float *> brow(kBlock);
-#pragma omp for schedule(dynamic) collapse(3)
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t kvh = 0; kvh < HKV; ++kvh)
-        for (int64_t blk = 0; blk < row_blocks; ++blk) {
-          const int64_t i0 = blk * kBlock, rows = std::min(kBlock, rows_per_kv - i0);
-          const float *kb = k + (b * HKV + kvh) * K * D;
-          const float *vb = v + (b * HKV + kvh) * K * D;
-          // 1. the block's query rows, scaled and zero-padded (rows past the end stay zero), and bias rows
-          std::fill(qb.begin(), qb.end(), 0.f);
-          for (int64_t r = 0; r < rows; ++r) {
-            const int64_t h = kvh * groups + (i0 + r) / S, s = (i0 + r) % S;
-            const float *qr = q + ((b * H + h) * S + s) * D;
-            for (int64_t j = 0; j < D; ++j) qb[r * dp + j] = qr[j] * scale;
-            brow[r] = bias + (((bb == 1 ? 0 : b) * bh + (bh == 1 ? 0 : h)) * bs + (bs == 1 ? 0 : s)) * K;
-          }
-          const bool few_rows = rows <= kMicro && dp == D;
-          std::fill(ob.begin(), ob.end(), 0.f);
-          std::fill(m.begin(), m.end(), -INFINITY);
-          std::fill(l.begin(), l.end(), 0.f);
-          for (int64_t k0 = 0; k0 < K; k0 += kTile) {
-            // 2. the tile: K transposed (dp x 64; rows past the head dim stay 0, columns past the last key
-            // keep finite stale values that the softmax masks), V read in place unless d needs padding
-            const int64_t n = std::min(kTile, K - k0);
-            if (!few_rows)
-              for (int64_t j = 0; j < D; ++j)
-                for (int64_t t = 0; t < n; ++t) kt[j * kTile + t] = kb[(k0 + t) * D + j];
-            const float *vtile = vb + k0 * D;
-            if (dp != D) {
-              for (int64_t t = 0; t < n; ++t) std::copy(vtile + t * D, vtile + (t + 1) * D, vt.data() + t * dp);
-              vtile = vt.data();
-            }
-            for (int64_t r0 = 0; r0 < rows; r0 += kMicro) {
-              // 3. scores of kMicro rows x 64 keys, then each row's online-softmax update
-              if (few_rows)
-                scores_dot(qb.data(), rows, kb + k0 * D, n, dp, scores.data());
-              else
-                scores_micro(qb.data() + r0 * dp, kt.data(), dp, scores.data());
-              for (int64_t r = 0; r < kMicro; ++r) {
-                float *p = probs.data() + r * kTile;
-                if (r0 + r >= rows) {
-                  std::fill(p, p + kTile, 0.f);
-                  continue;
-                }
-                const float correction = softmax_tile(scores.data() + r * kTile, brow[r0 + r] + k0, n, m[r0 + r],
-                                                      l[r0 + r], p);
-                float *orow = ob.data() + (r0 + r) * dp;
-                for (int64_t j = 0; j < dp; ++j) orow[j] *= correction;
-              }
-              // 4. output rows += probabilities x V tile
-              output_micro(probs.data(), vtile, n, dp, ob.data() + r0 * dp);
-            }
-          }
-          // 5. normalise and scatter the rows back to their heads
-          for (int64_t r = 0; r < rows; ++r) {
-            const int64_t h = kvh * groups + (i0 + r) / S, s = (i0 + r) % S;
-            float *o = out + ((b * H + h) * S + s) * D;
-            const float inv = 1.f / l[r];
-            for (int64_t j = 0; j < D; ++j) o[j] = ob[r * dp + j] * inv;
-          }
-        }
+// LayerNorm(x (..., D)[, weight (D), bias (D)], eps) -> y: normalize() above, then the affine if given.
+int LayerNorm(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  if (nparam != 3 && nparam != 5) return 1;
+  const bool affine = nparam == 5;
+  const float *x = static_cast<const float *>(params[0]);
+  const float *w = affine ? static_cast<const float *>(params[1]) : nullptr;
+  const float *b = affine ? static_cast<const float *>(params[2]) : nullptr;
+  const float eps = *static_cast<const float *>(params[affine ? 3 : 1]);
+  float *y = static_cast<float *>(params[nparam - 1]);
+  const int64_t d = shapes[0][ndims[0] - 1];
+  const int64_t rows = numel(ndims[0], shapes[0]) / d;
+#pragma omp parallel for schedule(static) if (rows * d > 65536)
+  for (int64_t r = 0; r < rows; ++r) {
+    float *yr = y + r * d;
+    normalize(x + r * d, yr, d, eps);
+    if (affine) {
+#pragma omp simd
+      for (int64_t j = 0; j < d; ++j) yr[j] = yr[j] * w[j] + b[j];
+    }
   }
   return 0;
+}
+
+// GeluTanh(x) -> y = 0.5 x (1 + tanh(u)), u = sqrt(2 / pi) (x + 0.044715 x^3), computed as the equal
+// x / (1 + exp(-2u)) with the vector exp above (no cancellation near u = 0; exp_v's clamp keeps both ends finite).
+int GeluTanh(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  if (nparam != 2) return 1;
+  const float *x = static_cast<const float *>(params[0]);
+  float *y = static_cast<float *>(params[1]);
+  const int64_t n = numel(ndims[0], shapes[0]);
+  constexpr float kC = 0.7978845608028654f, kCube = 0.044715f;
+  const int64_t chunks = (n + 4095) / 4096;  // threads take 4096-element chunks
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t end = std::min(n, (c + 1) * 4096);
+    int64_t i = c * 4096;
+    for (; i + kLanes <= end; i += kLanes) {
+      const vf v = load(x + i);
+      store(y + i, v / (1.f + exp_v(-2.f * kC * (v + kCube * v * v * v))));
+    }
+    for (; i < end; ++i) y[i] = x[i] / (1.f + std::exp(-2.f * kC * (x[i] + kCube * x[i] * x[i] * x[i])));
+  }
+  return 0;
+}
+
+// Attention(q, k, v, bias, scale) in BNSD and AttentionBsnd in BSND: see attention() above.
+int Attention(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  return attention(nparam, params, ndims, shapes, false);
+}
+int AttentionBsnd(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  return attention(nparam, params, ndims, shapes, true);
 }
 
 // Linear(x (..., K), w (N, K)[, b (N)]) -> y (..., N) = x w^T (+ b), for a few rows of x against a large w

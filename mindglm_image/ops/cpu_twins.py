@@ -20,7 +20,7 @@ from pathlib import Path
 import mindspore as ms
 from mindspore import mint, nn, ops
 
-from . import attention, gated_activation, layer_norm, linear, rms_norm, rotary
+from . import attention, gated_activation, gelu, layer_norm, linear, rms_norm, rotary
 
 SOURCE = Path(__file__).resolve().parents[2] / "kernels" / "cpu" / "mindglm_kernels.cc"
 _FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
@@ -105,6 +105,24 @@ class AddRmsNormTwin(nn.Cell):
         return self.kernel(x, residual, weight, _scalar(eps))
 
 
+class LayerNormTwin(nn.Cell):
+    """``layer_norm`` by the C++ kernel ``LayerNorm`` (statistics and affine in one pass; a weight without a bias
+    gets zeros)."""
+
+    def __init__(self):
+        super().__init__()
+        self.kernel = _custom("LayerNorm", lambda x, *rest: x, lambda x, *rest: x)
+
+    def construct(self, x, eps: float, weight=None, bias=None):
+        if x.dtype != ms.float32:
+            return layer_norm.layer_norm(x, eps, weight, bias)
+        if weight is None:
+            return self.kernel(x, _scalar(eps))
+        if bias is None:
+            bias = mint.zeros_like(weight)
+        return self.kernel(x, weight, bias, _scalar(eps))
+
+
 class AdaLayerNormTwin(nn.Cell):
     """``ada_layer_norm`` by the C++ kernel ``AdaLayerNorm`` (normalise and modulate in one pass)."""
 
@@ -119,19 +137,23 @@ class AdaLayerNormTwin(nn.Cell):
 
 
 class AttentionTwin(nn.Cell):
-    """``attention`` by the C++ kernel ``Attention``: online softmax over key tiles, no score matrix."""
+    """``attention`` by the C++ kernels ``Attention`` (BNSD) and ``AttentionBsnd`` (BSND, read and written in
+    place): online softmax over key tiles, no score matrix."""
 
     def __init__(self):
         super().__init__()
         self.kernel = _custom("Attention", lambda q, k, v, b, s: q, lambda q, k, v, b, s: q)
+        self.kernel_bsnd = _custom("AttentionBsnd", lambda q, k, v, b, s: q, lambda q, k, v, b, s: q)
 
-    def construct(self, query, key, value, scale: float, bias=None):
+    def construct(self, query, key, value, scale: float, bias=None, layout: str = "BNSD"):
         if query.dtype != ms.float32:
-            return attention.attention(query, key, value, scale, bias)
+            return attention.attention(query, key, value, scale, bias, layout)
         if bias is None:
-            bias = mint.zeros((1, 1, 1, key.shape[2]), dtype=ms.float32)
+            bias = mint.zeros((1, 1, 1, key.shape[1 if layout == "BSND" else 2]), dtype=ms.float32)
         else:
             bias = bias.reshape((1,) * (4 - bias.ndim) + tuple(bias.shape))  # (N, N) vision mask -> (1, 1, N, N)
+        if layout == "BSND":
+            return self.kernel_bsnd(query, key, value, bias, _scalar(scale))
         return self.kernel(query, key, value, bias, _scalar(scale))
 
 
@@ -182,6 +204,19 @@ class RotaryTwin(nn.Cell):
         return self.kernel(x, cos.reshape(lead + cos.shape), sin.reshape(lead + sin.shape))
 
 
+class GeluTwin(nn.Cell):
+    """``gelu``'s tanh form by the C++ kernel ``GeluTanh`` (the vector exp); the erf form stays the built-in."""
+
+    def __init__(self):
+        super().__init__()
+        self.kernel = _custom("GeluTanh", lambda x: x, lambda x: x)
+
+    def construct(self, x, approximate: str):
+        if x.dtype != ms.float32 or approximate != "tanh":
+            return gelu.gelu(x, approximate)
+        return self.kernel(x)
+
+
 class SwiGluTwin(nn.Cell):
     """``swiglu`` by the C++ kernel ``SwiGlu`` (split, SiLU and product in one pass)."""
 
@@ -195,8 +230,9 @@ class SwiGluTwin(nn.Cell):
         return self.kernel(gate_up)
 
 
-_TWINS = {"rms_norm": RmsNormTwin, "add_rms_norm": AddRmsNormTwin, "ada_layer_norm": AdaLayerNormTwin,
-          "attention": AttentionTwin, "linear": LinearTwin, "rotary": RotaryTwin, "swiglu": SwiGluTwin}
+_TWINS = {"rms_norm": RmsNormTwin, "add_rms_norm": AddRmsNormTwin, "layer_norm": LayerNormTwin,
+          "ada_layer_norm": AdaLayerNormTwin, "attention": AttentionTwin, "linear": LinearTwin, "rotary": RotaryTwin,
+          "swiglu": SwiGluTwin, "gelu": GeluTwin}
 
 
 def has_twin(op: str) -> bool:

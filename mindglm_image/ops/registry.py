@@ -17,7 +17,8 @@ from typing import Callable
 
 import mindspore as ms
 
-from . import adamw_ema, ascendc, attention, conv2d, cpu_twins, gated_activation, layer_norm, linear, rms_norm, rotary
+from . import (adamw_ema, ascendc, attention, conv2d, cpu_twins, gated_activation, gelu, layer_norm, linear,
+               rms_norm, rotary)
 
 KERNEL_MODES = ("composite", "fused")
 _ENV = "MINDGLM_KERNELS"
@@ -45,6 +46,7 @@ _OPS: dict[str, tuple[Callable, Callable | None]] = {
     "ada_layer_norm": (layer_norm.ada_layer_norm, layer_norm.ada_layer_norm_ascend),
     "rotary": (rotary.apply_rotary, rotary.apply_rotary_ascend),
     "swiglu": (gated_activation.swiglu, gated_activation.swiglu_ascend),
+    "gelu": (gelu.gelu, None),  # the built-in GeLU on every device; a CPU twin for the tanh form
     "adamw_ema": (adamw_ema.AdamWEma, None),  # a Cell class: built with the optimizer's attributes (resolve)
 }
 # operator -> AscendC custom cell used on Ascend instead of the built-in when our op package is installed

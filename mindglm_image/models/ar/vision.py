@@ -10,7 +10,7 @@ import dataclasses
 
 import mindspore as ms
 import numpy as np
-from mindspore import mint, nn, ops
+from mindspore import mint, nn
 
 from ...config.ar import GlmImageVisionConfig
 from ...graph_inputs import graph_input
@@ -149,9 +149,10 @@ class GlmImageVisionMLP(nn.Cell):
         self.approximate = _GELU_APPROXIMATION[config.hidden_act]
         self.fc1 = Linear(config.hidden_size, config.intermediate_size, dtype=dtype)
         self.fc2 = Linear(config.intermediate_size, config.hidden_size, dtype=dtype)
+        self.gelu = resolve("gelu").fn
 
     def construct(self, x):
-        return self.fc2(ops.gelu(self.fc1(x), approximate=self.approximate))
+        return self.fc2(self.gelu(self.fc1(x), self.approximate))
 
 
 class GlmImageVisionBlock(nn.Cell):

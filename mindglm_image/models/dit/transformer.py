@@ -27,7 +27,6 @@ from ...graph_inputs import graph_input
 from ...ops import resolve
 from ...ops.attention import MASKED
 from ...ops.broadcast import broadcast_like
-from ...ops.layout import heads_first, heads_last_flat
 from ..layers import Embedding, Linear
 from .rotary import rotary_tables
 
@@ -110,14 +109,13 @@ class ProjectThenActivate(nn.Cell):
             raise ValueError(f"unsupported feed-forward activation {activation!r}")
         self.activation = activation
         self.proj = Linear(dim_in, dim_out, dtype=dtype)
+        self.gelu = resolve("gelu").fn
 
     def construct(self, x):
         x = self.proj(x)
         if self.activation == "linear-silu":
             return mint.nn.functional.silu(x)
-        if self.activation == "gelu-approximate":
-            return ops.gelu(x, approximate="tanh")
-        return ops.gelu(x, approximate="none")
+        return self.gelu(x, "tanh" if self.activation == "gelu-approximate" else "none")
 
 
 class FeedForward(nn.Cell):
@@ -150,7 +148,6 @@ class GlmImageAttention(nn.Cell):
         self.layer_norm = resolve("layer_norm").fn
         self.rotary = resolve("rotary").fn
         self.attention = resolve("attention").fn
-        self.per_head_slices = ms.get_context("device_target") == "CPU"  # see ops/layout.py
 
     def _rotate_image_tokens(self, x, n_text: int, rope_cos, rope_sin):
         """Rotary on the image tokens of (B, S, H, d); the first ``n_text`` (glyph) tokens pass unrotated."""
@@ -188,11 +185,10 @@ class GlmImageAttention(nn.Cell):
             bias = mint.cat((mint.zeros((b, cache_key.shape[1]), dtype=ms.float32), bias), 1)
         if bias is not None:
             bias = bias.reshape(b, 1, 1, -1)
-        # 3. attention (BNSD), output projection, split back into the two streams
-        split = self.per_head_slices
-        out = self.attention(heads_first(query, split), heads_first(all_keys, split), heads_first(all_values, split),
-                             self.scale, bias)
-        out = self.to_out[0](heads_last_flat(out, split))
+        # 3. attention in the projections' layout (BSND: no head transpose on the fused paths), output projection,
+        # split back into the two streams
+        out = self.attention(query, all_keys, all_values, self.scale, bias, "BSND")
+        out = self.to_out[0](out.reshape(b, -1, self.heads * self.head_dim))
         if encoder_hidden_states is None:
             return out, None, key, value
         return out[:, n_text:], out[:, :n_text], key, value
