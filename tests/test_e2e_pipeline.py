@@ -81,26 +81,32 @@ def test_i2i_greedy_tokens_and_image_match_reference(pipe, ref, parity_report, n
     assert_parity(parity_report, f"pipeline/{name}_pixels", out.pixels, data[f"{name}_pixels"], tol=1e-4)
 
 
-def test_cpu_twins_match_reference(ref, tiny, parity_report, monkeypatch):
-    """The whole model with every C++ twin on (MINDGLM_KERNELS=fused): the two-reference edit (vision encoder,
-    AR prefill and decode over the static cache, DiT with the reference-image cache, glyph T5, VAE) gives the
-    reference's greedy tokens and its picture within 1e-4. The Linear kernel's weight floor is lifted so that
-    the tiny model's few-row products (AR decode, timestep embeddings) run it, as a real model's do."""
-    from mindglm_image.ops import cpu_twins
+@pytest.mark.parametrize("mode", ["fused", "composite"])
+def test_kernel_modes_match_reference(ref, tiny, parity_report, monkeypatch, mode):
+    """The whole model in each kernel mode (the pipeline's CPU default is fused: every C++ twin; composite: the
+    oracle compositions): the two-reference edit (vision encoder, AR prefill and decode over the static cache,
+    DiT with the reference-image cache, glyph T5, VAE) gives the reference's greedy tokens and its picture
+    within 1e-4. Fused lifts the Linear kernel's weight floor, so that the tiny model's few-row products (AR
+    decode, timestep embeddings) run it, as a real model's do."""
+    from mindglm_image.ops import attention, cpu_twins
 
     folder, data, meta = ref
-    monkeypatch.setenv("MINDGLM_KERNELS", "fused")
+    monkeypatch.setenv("MINDGLM_KERNELS", mode)
     monkeypatch.setattr(cpu_twins, "LINEAR_MIN_WEIGHT", 0)
-    fused = GlmImagePipeline.from_pretrained(tiny)
-    assert isinstance(fused.transformer.transformer_blocks[0].attn1.attention, cpu_twins.AttentionTwin)
-    assert isinstance(fused.vision_language_encoder.model.language_model.layers[0].mlp.down_proj.linear,
-                      cpu_twins.LinearTwin)
-    assert cpu_twins.linear_uses_kernel((1, 1, 64), (128, 64))
+    pipe = GlmImagePipeline.from_pretrained(tiny)
+    dit_attention = pipe.transformer.transformer_blocks[0].attn1.attention
+    decode_linear = pipe.vision_language_encoder.model.language_model.layers[0].mlp.down_proj.linear
+    if mode == "fused":
+        assert isinstance(dit_attention, cpu_twins.AttentionTwin) and isinstance(decode_linear, cpu_twins.LinearTwin)
+        assert cpu_twins.linear_uses_kernel((1, 1, 64), (128, 64))
+    else:
+        assert dit_attention is attention.attention and not isinstance(decode_linear, cpu_twins.LinearTwin)
     refs = [Image.open(folder / f"i2i2_ref{i}.png").convert("RGB") for i in range(len(meta["i2i2"]["sizes"]))]
-    out = fused(meta["prompt"], image=refs, height=meta["height"], width=meta["width"], num_inference_steps=meta["steps"],
-                guidance_scale=meta["guidance"], sampling=GREEDY, latents=data["latents"], progress=False)
+    out = pipe(meta["prompt"], image=refs, height=meta["height"], width=meta["width"], num_inference_steps=meta["steps"],
+               guidance_scale=meta["guidance"], sampling=GREEDY, latents=data["latents"], progress=False)
     np.testing.assert_array_equal(out.prior.prior_ids, data["i2i2_prior"])
-    assert_parity(parity_report, "pipeline/i2i2_pixels_cpu_twins", out.pixels, data["i2i2_pixels"], tol=1e-4)
+    name = "i2i2_pixels_cpu_twins" if mode == "fused" else "i2i2_pixels_composite"
+    assert_parity(parity_report, f"pipeline/{name}", out.pixels, data["i2i2_pixels"], tol=1e-4)
 
 
 def test_bad_requests_are_named(pipe, tiny, tmp_path):

@@ -41,8 +41,22 @@ def test_ascend_resolution(op):
 
 
 def test_mode_defaults_and_bad_value(monkeypatch):
+    """Unset: fused on Ascend; on CPU fused only for cells built inside ``inference_cells`` (the pipeline's),
+    in this thread alone; the variable, when set, wins everywhere."""
+    import threading
+
     monkeypatch.delenv("MINDGLM_KERNELS", raising=False)
     assert (registry.kernel_mode("Ascend"), registry.kernel_mode("CPU")) == ("fused", "composite")
+    seen = []
+    with registry.inference_cells():
+        assert (registry.kernel_mode("Ascend"), registry.kernel_mode("CPU")) == ("fused", "fused")
+        worker = threading.Thread(target=lambda: seen.append(registry.kernel_mode("CPU")))
+        worker.start()
+        worker.join()
+        monkeypatch.setenv("MINDGLM_KERNELS", "composite")
+        assert registry.kernel_mode("CPU") == "composite"
+        monkeypatch.delenv("MINDGLM_KERNELS")
+    assert seen == ["composite"] and registry.kernel_mode("CPU") == "composite"
     monkeypatch.setenv("MINDGLM_KERNELS", "fastest")
     with pytest.raises(ValueError, match="MINDGLM_KERNELS='fastest' is not one of composite, fused"):
         registry.kernel_mode("CPU")

@@ -3,7 +3,7 @@
 The shared library is compiled with g++ on first use and cached under ``$MINDGLM_KERNEL_CACHE`` (default
 ``~/.cache/mindglm_image/kernels``) in a folder keyed by the hash of the source, the flags and the CPU's
 feature flags (``-march=native``), so an edited kernel or another machine rebuilds. No compiler, or a
-failed build, logs one error naming the fix and leaves every operator on its composite.
+failed build, logs one warning naming the fix and leaves every operator on its composite.
 Twins are fp32 kernels: other dtypes take the composite inside the same call (resolved at compile time).
 """
 from __future__ import annotations
@@ -44,8 +44,9 @@ def library() -> Path | None:
     """Path of the compiled kernels (built now if not cached), or None when it cannot be built."""
     cxx = _compiler()
     if cxx is None:
-        _log.error("MINDGLM_KERNELS=fused: no C++ compiler (g++ or $CXX) found, so the CPU twins cannot be "
-                   "built; install g++ (apt-get install g++) -- using the composite operators")
+        _log.warning("no C++ compiler (g++ or $CXX) found, so the CPU twins of the fused kernels cannot be built; "
+                     "install g++ (apt-get install g++) for them, or set MINDGLM_KERNELS=composite -- using the "
+                     "composite operators")
         return None
     source = SOURCE.read_bytes()
     key = hashlib.sha256(source + " ".join((cxx,) + _FLAGS).encode() + _cpu_flags()).hexdigest()[:16]
@@ -62,8 +63,8 @@ def library() -> Path | None:
         built = Path(tmp) / target.name
         result = subprocess.run([cxx, *_FLAGS, str(SOURCE), "-o", str(built)], capture_output=True, text=True)
         if result.returncode != 0:
-            _log.error("MINDGLM_KERNELS=fused: building %s failed (%s), using the composite operators:\n%s",
-                       SOURCE, cxx, result.stderr[-2000:])
+            _log.warning("building the CPU twins %s failed (%s), using the composite operators (set "
+                         "MINDGLM_KERNELS=composite to skip the build):\n%s", SOURCE, cxx, result.stderr[-2000:])
             return None
         os.replace(built, target)  # atomic: a concurrent build never sees a half-written library
     _log.info("built CPU kernels %s", target)

@@ -4,16 +4,19 @@
 ``fused`` picks the device's fused implementation: MindSpore's built-in Ascend kernels on Ascend (our
 AscendC operators of ``kernels/ascendc`` instead where their package is installed), the
 C++ twins of ``kernels/cpu`` on CPU (the composite where an operator has none, or no compiler was
-found). Unset: fused on Ascend, composite elsewhere. Cells resolve their operators once, when built
-(graph mode compiles the chosen Python function like any other), and the choice is logged once per
-(device, mode).
+found). Unset: fused on Ascend; on CPU fused for the cells built inside ``inference_cells`` (the pipeline's)
+and composite for the rest, because the twins are forward-only and training needs the composites'
+gradients. Cells resolve their operators once, when built (graph mode compiles the chosen Python function
+like any other), and the choice is logged once per (device, mode).
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import logging
 import os
-from typing import Callable
+from typing import Callable, Iterator
 
 import mindspore as ms
 
@@ -52,13 +55,27 @@ _OPS: dict[str, tuple[Callable, Callable | None]] = {
 # operator -> AscendC custom cell used on Ascend instead of the built-in when our op package is installed
 _ASCENDC = {"ada_layer_norm": ascendc.AdaLayerNormAscendC, "adamw_ema": ascendc.AdamWEmaAscendC}
 _logged: set[tuple[str, str]] = set()
+_INFERENCE = contextvars.ContextVar("mindglm_inference_cells", default=False)
+
+
+@contextlib.contextmanager
+def inference_cells() -> Iterator[None]:
+    """Cells built inside are never trained (a pipeline's), so with ``MINDGLM_KERNELS`` unset the CPU gives
+    them the forward-only twins too. Per thread (a context variable): a stage worker building its pipeline
+    does not change what another thread builds."""
+    token = _INFERENCE.set(True)
+    try:
+        yield
+    finally:
+        _INFERENCE.reset(token)
 
 
 def kernel_mode(device: str) -> str:
-    """``MINDGLM_KERNELS`` if set (checked), else fused on Ascend and composite elsewhere."""
+    """``MINDGLM_KERNELS`` if set (checked); else fused on Ascend, fused on CPU inside ``inference_cells``,
+    composite elsewhere."""
     mode = os.environ.get(_ENV, "").strip().lower()
     if not mode:
-        return "fused" if device == "Ascend" else "composite"
+        return "fused" if device == "Ascend" or (device == "CPU" and _INFERENCE.get()) else "composite"
     if mode not in KERNEL_MODES:
         raise ValueError(f"{_ENV}={mode!r} is not one of {', '.join(KERNEL_MODES)}; unset it for the device default")
     return mode

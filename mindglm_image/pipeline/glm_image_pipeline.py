@@ -33,6 +33,7 @@ from ..models.dit.kv_cache import GlmImageKVCache
 from ..models.dit.prior_tokens import upsample_prior_tokens
 from ..models.glyph.glyph_encoder import GlyphEncoder, PromptEmbeddings
 from ..models.vae.processing import denormalize_latents, normalize_latents, postprocess_images, to_uint8
+from ..ops import inference_cells
 from ..processor.byt5_tokenizer import ByT5Tokenizer
 from ..processor.image_processing import GlmImageImageProcessorConfig, load_image, preprocess_images
 from ..processor.prompt import GRID_FACTOR, PromptProcessor
@@ -158,10 +159,12 @@ class GlmImagePipeline:
                                     "folder that holds model_index.json and its subfolders (mindglm-image make-tiny "
                                     "writes a small one)")
         self.limits = limits
-        self.vision_language_encoder = load_component(COMPONENTS["vision_language_encoder"], folder / "vision_language_encoder", dtype)
-        self.text_encoder = load_component(COMPONENTS["text_encoder"], folder / "text_encoder", dtype)
-        self.transformer = load_component(COMPONENTS["transformer"], folder / "transformer", dtype)
-        self.vae = load_component(COMPONENTS["vae"], folder / "vae", dtype)
+        with inference_cells():  # never trained: the CPU's fused twins by default too (ops/registry.py)
+            self.vision_language_encoder = load_component(COMPONENTS["vision_language_encoder"],
+                                                          folder / "vision_language_encoder", dtype)
+            self.text_encoder = load_component(COMPONENTS["text_encoder"], folder / "text_encoder", dtype)
+            self.transformer = load_component(COMPONENTS["transformer"], folder / "transformer", dtype)
+            self.vae = load_component(COMPONENTS["vae"], folder / "vae", dtype)
         self.scheduler = FlowMatchEulerScheduler.from_folder(folder / "scheduler")
         self.image_config = GlmImageImageProcessorConfig.from_pretrained(folder / "processor")
         self.prompts = PromptProcessor.from_folder(folder / "processor", merge_size=self.image_config.merge_size)
