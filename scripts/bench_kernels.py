@@ -27,6 +27,10 @@ _MASKED = -3.4028234663852886e38
 CASES = {
     "dit_attention_512px": {"op": "attention", "shapes": {"q": (2, 8, 1056, 128), "k": (2, 8, 1056, 128),
                                                           "v": (2, 8, 1056, 128), "bias": (2, 1, 1, 1056)}},
+    # the same in the DiT's own layout (B, S, H, d): what its blocks call (torch: SDPA on transposed views)
+    "dit_attention_512px_bsnd": {"op": "attention", "layout": "BSND",
+                                 "shapes": {"q": (2, 1056, 8, 128), "k": (2, 1056, 8, 128), "v": (2, 1056, 8, 128),
+                                            "bias": (2, 1, 1, 1056)}},
     "ar_decode_attention": {"op": "attention", "shapes": {"q": (2, 8, 1, 128), "k": (2, 2, 1280, 128),
                                                           "v": (2, 2, 1280, 128), "bias": (2, 1, 1, 1280)}},
     "rms_norm": {"op": "rms_norm", "shapes": {"x": (2, 256, 1024), "w": (1024,)}},
@@ -41,6 +45,9 @@ CASES = {
     # MLP's SwiGLU over a 256-token prompt at intermediate size 4096
     "dit_rotary_512px": {"op": "rotary", "shapes": {"x": (2, 1024, 8, 128), "cos": (1024, 1, 128), "sin": (1024, 1, 128)}},
     "ar_swiglu": {"op": "swiglu", "shapes": {"x": (2, 256, 8192)}},
+    # the DiT feed-forward's GELU(tanh) at 512 px (hidden 1024 x 4) and its per-head qk LayerNorm
+    "dit_gelu_tanh_512px": {"op": "gelu", "shapes": {"x": (2, 1056, 4096)}},
+    "dit_qk_layer_norm_512px": {"op": "layer_norm", "shapes": {"x": (2, 1056, 8, 128)}},
     # a VAE decoder conv at 256 px (the built-in Conv2D on every device: no twin, so composite = twin)
     "vae_conv3x3_256px": {"op": "conv2d", "shapes": {"x": (1, 32, 256, 256), "w": (32, 32, 3, 3), "b": (32,)}},
 }
@@ -69,20 +76,25 @@ def bench_ops(repeats: int) -> dict:
     from mindglm_image.ops import registry
 
     class Call(nn.Cell):
-        def __init__(self, op: str, mode: str):
+        def __init__(self, op: str, mode: str, layout: str):
             super().__init__()
             self.op = op
             self.fn = registry.resolve(op, "CPU", mode).fn
+            self.layout = layout
 
         def construct(self, a, b=None, c=None, d=None):
             if self.op in ("rotary", "linear"):
                 return self.fn(a, b, c)
             if self.op == "swiglu":
                 return self.fn(a)
+            if self.op == "gelu":
+                return self.fn(a, "tanh")
+            if self.op == "layer_norm":
+                return self.fn(a, 1e-6)
             if self.op == "conv2d":
                 return self.fn(a, b, c, 1, 1)
             if self.op == "attention":
-                return self.fn(a, b, c, 0.08838834764831845, d)
+                return self.fn(a, b, c, 0.08838834764831845, d, self.layout)
             if self.op == "rms_norm":
                 return self.fn(a, b, 1e-6)
             if self.op == "add_rms_norm":
@@ -94,7 +106,7 @@ def bench_ops(repeats: int) -> dict:
         args = [Tensor(a) for a in _inputs(spec).values()]
         row = {}
         for mode in ("composite", "fused"):
-            cell = Call(spec["op"], mode)
+            cell = Call(spec["op"], mode, spec.get("layout", "BNSD"))
             cell(*args)
             best = float("inf")
             for _ in range(repeats):

@@ -155,6 +155,7 @@ inline float softmax_tile(float *sc, const float *bias, int64_t n, float &m, flo
 inline void scores_micro(const float *q, const float *kt, int64_t dp, float *scores) {
   for (int64_t t0 = 0; t0 < kTile; t0 += kChunk * kLanes) {
     vf acc[kMicro][kChunk] = {};
+#pragma GCC unroll 4
     for (int64_t j = 0; j < dp; ++j) {
       vf kv[kChunk];
       for (int c = 0; c < kChunk; ++c) kv[c] = load(kt + j * kTile + t0 + c * kLanes);
@@ -187,6 +188,7 @@ inline void output_cols(const float *p, const float *v, int64_t vs, int64_t n, i
   vf acc[kMicro][kVecs];
   for (int r = 0; r < kMicro; ++r)
     for (int c = 0; c < kVecs; ++c) acc[r][c] = load(o + r * dp + c * kLanes);
+#pragma GCC unroll 4
   for (int64_t t = 0; t < n; ++t) {
     vf vv[kVecs];
     for (int c = 0; c < kVecs; ++c) vv[c] = load(v + t * vs + c * kLanes);
@@ -235,7 +237,7 @@ int attention(int nparam, void **params, int *ndims, int64_t **shapes, bool bsnd
   const int64_t row_blocks = (rows_per_kv + kBlock - 1) / kBlock;
 #pragma omp parallel
   {
-    std::vector<float> kt(dp * kTile), vt(kTile * dp),  // zero-initialised: the padding stays 0
+    std::vector<float> kt(dp * kTile), vt(kTile * dp), kr(bsnd ? kTile * D : 0),  // zeroed: padding stays 0
         qb(kBlock * dp), ob(kBlock * dp), probs(kMicro * kTile),
         scores(kMicro * kTile);
     std::vector<float> m(kBlock), l(kBlock);
@@ -263,9 +265,17 @@ int attention(int nparam, void **params, int *ndims, int64_t **shapes, bool bsnd
             // 2. the tile: K transposed (dp x 64; rows past the head dim stay 0, columns past the last key
             // keep finite stale values that the softmax masks), V read in place unless d needs padding
             const int64_t n = std::min(kTile, K - k0);
-            if (!few_rows)
+            if (!few_rows) {
+              const float *ktile = kb + k0 * ks;
+              int64_t kstride = ks;
+              if (ks != D) {  // BSND: rows a page apart share L1 sets, so gather them contiguously first
+                for (int64_t t = 0; t < n; ++t) std::copy(ktile + t * ks, ktile + t * ks + D, kr.data() + t * D);
+                ktile = kr.data();
+                kstride = D;
+              }
               for (int64_t j = 0; j < D; ++j)
-                for (int64_t t = 0; t < n; ++t) kt[j * kTile + t] = kb[(k0 + t) * ks + j];
+                for (int64_t t = 0; t < n; ++t) kt[j * kTile + t] = ktile[t * kstride + j];
+            }
             const float *vtile = vb + k0 * ks;
             int64_t vs = ks;
             if (dp != D || (ks != D && !few_rows)) {  // padded, or BSND rows a page apart: one contiguous copy

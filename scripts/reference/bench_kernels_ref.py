@@ -1,6 +1,6 @@
 """Reference half of scripts/bench_kernels.py: the PyTorch op for each benchmarked operator (CPU, fp32).
 
-argv: SPEC_JSON REPEATS. SPEC_JSON maps case name -> {"op": ..., "shapes": {...}}. Prints one JSON line
+argv: SPEC_JSON REPEATS. SPEC_JSON maps case name -> {"op": ..., "shapes": {...}[, "layout": "BSND"]}. Prints one JSON line
 {case: best seconds}.
 """
 import json
@@ -14,13 +14,17 @@ specs, repeats = json.loads(sys.argv[1]), int(sys.argv[2])
 torch.manual_seed(0)
 
 
-def case(op, shapes):
+def case(op, shapes, layout="BNSD"):
     t = {name: torch.randn(shape) for name, shape in shapes.items()}
     if op == "attention":
         scale = t["q"].shape[-1] ** -0.5
         bias = t.get("bias")
-        return lambda: F.scaled_dot_product_attention(t["q"], t["k"], t["v"], attn_mask=bias, scale=scale,
-                                                      enable_gqa=True)
+        q, k, v = (t[n].transpose(1, 2) if layout == "BSND" else t[n] for n in "qkv")  # BSND: as diffusers does
+        return lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale, enable_gqa=True)
+    if op == "gelu":
+        return lambda: F.gelu(t["x"], approximate="tanh")
+    if op == "layer_norm":
+        return lambda: F.layer_norm(t["x"], (t["x"].shape[-1],), eps=1e-6)
     if op == "rms_norm":
         return lambda: F.rms_norm(t["x"], (t["x"].shape[-1],), t["w"], 1e-6)
     if op == "add_rms_norm":
@@ -48,7 +52,7 @@ def case(op, shapes):
 out = {}
 with torch.inference_mode():
     for name, spec in specs.items():
-        fn = case(spec["op"], spec["shapes"])
+        fn = case(spec["op"], spec["shapes"], spec.get("layout", "BNSD"))
         fn()
         best = float("inf")
         for _ in range(repeats):
