@@ -34,7 +34,8 @@ def _adam(params, grads, state, step, lr=1e-2, b1=0.9, b2=0.999, eps=1e-8):
 
 
 @pytest.mark.slow
-def test_lora_sft_learns_an_edit_and_the_adapter_generates_it(tmp_path):
+def test_lora_sft_learns_an_edit_and_the_adapter_generates_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINDGLM_KERNELS", "composite")  # the pipeline's own AR model is trained below: no twins
     tiny = make_tiny_model(tmp_path / "tiny", progress=False)
     rng = np.random.default_rng(0)
     for name in ("src", "dst"):

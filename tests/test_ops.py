@@ -357,3 +357,21 @@ def test_openmp_wait_policy_default(first, exported, policy, for_reference):
         env["OMP_WAIT_POLICY"] = exported
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.split()[-2:] == [str(policy), str(for_reference)]
+
+
+def test_training_refuses_forward_only_twins(monkeypatch):
+    """A model built with the twins (as a pipeline's are on CPU) is refused by the shared train step with the fix
+    named, before MindSpore would fail inside the gradient graph; the composite model is accepted."""
+    from mindglm_image.models.dit.transformer import GlmImageTransformerBlock
+    from mindglm_image.training.config import OptimizerConfig
+    from mindglm_image.training.train_step import TrainStep
+
+    monkeypatch.delenv("MINDGLM_KERNELS", raising=False)
+    with registry.inference_cells():
+        block = GlmImageTransformerBlock(16, 2, 8, 8)
+    with pytest.raises(ValueError, match=r"forward-only CPU twins \(.*AttentionTwin.*\).*MINDGLM_KERNELS=composite"):
+        TrainStep(block, list(block.get_parameters()), OptimizerConfig())
+    monkeypatch.setenv("MINDGLM_KERNELS", "composite")
+    with registry.inference_cells():
+        block = GlmImageTransformerBlock(16, 2, 8, 8)
+    registry.check_trainable(block)

@@ -236,6 +236,9 @@ _TWINS = {"rms_norm": RmsNormTwin, "add_rms_norm": AddRmsNormTwin, "layer_norm":
           "swiglu": SwiGluTwin, "gelu": GeluTwin}
 
 
+TWIN_TYPES = tuple(_TWINS.values())
+
+
 def has_twin(op: str) -> bool:
     """Whether ``op`` has a twin and the kernels are built (building them on first call)."""
     return op in _TWINS and library() is not None

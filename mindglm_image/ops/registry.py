@@ -120,3 +120,13 @@ def kind_of(op: str, device: str, mode: str) -> str:
     if op not in _OPS:
         raise KeyError(f"unknown operator {op!r}; known: {', '.join(_OPS)}")
     return _kind(op, device, mode)
+
+
+def check_trainable(cell) -> None:
+    """Refuse, naming the fix, a cell that holds forward-only CPU twins (a pipeline's, built inside
+    ``inference_cells``): MindSpore would only fail inside the gradient graph, on an undefined Custom bprop."""
+    twins = sorted({type(sub).__name__ for _, sub in cell.cells_and_names() if isinstance(sub, cpu_twins.TWIN_TYPES)})
+    if twins:
+        raise ValueError(f"this model holds forward-only CPU twins ({', '.join(twins)}), which cannot be trained: "
+                         "build training models with weights.components.load_component outside a pipeline "
+                         "(the training jobs do), or set MINDGLM_KERNELS=composite before building them")

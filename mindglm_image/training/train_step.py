@@ -18,6 +18,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Parameter, ParameterTuple, Tensor, mint, nn, ops
 
+from ..ops.registry import check_trainable
 from .config import OptimizerConfig
 from .optim import AdamW, StateShard, step_scalars
 
@@ -88,6 +89,7 @@ class TrainStep(nn.Cell):
         super().__init__(auto_prefix=False)
         if not trainable_params:
             raise ValueError("TrainStep got no trainable parameters: nothing would be trained")
+        check_trainable(loss_cell)
         self.loss_cell = loss_cell
         self.loss_cell.set_train(True)
         self.params = ParameterTuple(trainable_params)
