@@ -2,9 +2,10 @@
 
 Layout BNSD: query (B, Hq, S, d), key/value (B, Hkv, K, d) with Hq a multiple of Hkv (grouped-query:
 query head ``kv * groups + g`` reads KV head ``kv``); or ``layout="BSND"``: (B, S, Hq, d), (B, K, Hkv, d)
-in and out, the projections' own layout (the DiT), so the fused kernels move no heads at all. One mask convention: an additive fp32 ``bias``
-broadcastable to (B, Hq, S, K), 0 where a key is attended and ``MASKED`` (fp32 min, exp() gives exactly
-0) where it is not; relative-position biases (T5) use the same argument. Scores and softmax are fp32.
+in and out, the projections' own layout (the DiT), so the fused kernels move no heads at all. One mask
+convention, in both layouts: an additive fp32 ``bias`` broadcastable to (B, Hq, S, K), 0 where a key is
+attended and ``MASKED`` (fp32 min, exp() gives exactly 0) where it is not; relative-position biases (T5) use
+the same argument. Scores and softmax are fp32.
 """
 from __future__ import annotations
 
