@@ -9,7 +9,7 @@ def linear(x, weight, bias=None):
 
     Bit for bit the fused ``mint.nn.functional.linear`` on CPU, without the per-element index tables of a
     broadcasting Add (16 bytes per output element held for the graph's life; see ``ops/broadcast.py``) and without
-    materialising the broadcast bias (``BroadcastTo`` + Add took twice BiasAdd's time at a DiT feed-forward shape).
+    materialising the broadcast bias (``BroadcastTo`` + Add, the form before).
     """
     y = mint.nn.functional.linear(x, weight)
     if bias is None:
