@@ -88,7 +88,7 @@ def test_static_cache_decoding_matches_full_forward(ref, model, parity_report):
         assert_parity(parity_report, "vision_language_encoder/decode_vs_whole_forward", got, whole)
         assert_parity(parity_report, "vision_language_encoder/decode_vs_reference_decode", got, data["t2i_inc_logits"])
     assert session.length == ids.shape[1] + STEPS
-    assert len(session.graph.compile_cache) == 2, "expected one prefill graph and ONE decode graph"
+    assert session.graph.compiled_graphs == 2, "expected one prefill graph and ONE decode graph"
 
 
 @pytest.mark.parity

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from mindglm_image.generation.sampling import SamplingConfig
+from mindglm_image.graph_calls import static_graph
 from mindglm_image.pipeline.glm_image_pipeline import GlmImagePipeline
 from mindglm_image.tiny_model import make_tiny_model
 
@@ -16,10 +17,10 @@ def pipe(tmp_path_factory):
 def test_glyph_encoder_shares_one_graph_across_lengths(pipe):
     for prompt in ['a sign "hi"', "no quotes at all", '"' + "x" * 20 + '"']:  # one span each, 1-22 bytes
         pipe.glyph.encode([prompt])
-    assert len(pipe.text_encoder.compile_cache) == 1
+    assert static_graph(pipe.text_encoder).compiled_graphs == 1
     pipe.glyph.encode(['two signs: "hello there" and \'GLM\''])  # two spans: the next row bucket
     pipe.glyph.encode(['"a" "b"'])
-    assert len(pipe.text_encoder.compile_cache) == 2
+    assert static_graph(pipe.text_encoder).compiled_graphs == 2
 
 
 def test_ar_prefill_and_decode_graphs_reused_across_prompts(pipe):
@@ -29,7 +30,7 @@ def test_ar_prefill_and_decode_graphs_reused_across_prompts(pipe):
     sessions = list(pipe.generator._sessions.values())
     assert len(sessions) == 1
     # one prefill graph (bucketed length), one decode graph, sampling inside both
-    assert len(sessions[0].sampling_prefill.compile_cache) == 1 and len(sessions[0].sampling_step.compile_cache) == 1
+    assert sessions[0].sampling_prefill.compiled_graphs == 1 and sessions[0].sampling_step.compiled_graphs == 1
 
 
 def test_dit_cond_and_uncond_share_one_graph_across_prompt_lengths(pipe):
@@ -38,4 +39,4 @@ def test_dit_cond_and_uncond_share_one_graph_across_prompt_lengths(pipe):
     intermediate buffers, ~2 GB at 512 px for a mid-size DiT)."""
     for prompt in ['a sign "hi"', "no quotes", '"' + "x" * 20 + '"']:
         pipe(prompt, height=64, width=64, num_inference_steps=1, progress=False)
-    assert len(pipe.transformer.compile_cache) == 1
+    assert static_graph(pipe.transformer).compiled_graphs == 1

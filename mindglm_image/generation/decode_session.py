@@ -9,7 +9,8 @@ Two ways to run it:
   the non-finite flags and the token buffer are graph outputs fed to the next step; the positions and
   uniforms of the whole generation are uploaded once. Nothing is read back until the caller asks.
 
-Inputs may be numpy arrays or Tensors (``graph_input``); every decode step reuses one graph.
+Inputs may be numpy arrays or Tensors (``graph_input``); every decode step reuses one graph, called through
+``StaticGraph`` (no per-call Python checks).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor, mint, nn, ops
 
+from ..graph_calls import StaticGraph
 from ..graph_inputs import graph_input
 from ..models.ar.kv_cache import StaticKVCache
 from .device_sampling import DeviceTokenSampler
@@ -111,9 +113,9 @@ class DecodeSession:
     def __init__(self, model: CachedLM, cache: StaticKVCache, end_token_id: int):
         self.cache = cache
         self.end_token_id = end_token_id  # a row that sampled it keeps emitting it
-        self.graph = _CachedStep(model, cache)
-        self.sampling_prefill = _SampledPrefill(model, cache, end_token_id)
-        self.sampling_step = _SampledDecode(model, cache, end_token_id)
+        self.graph = StaticGraph(_CachedStep(model, cache))
+        self.sampling_prefill = StaticGraph(_SampledPrefill(model, cache, end_token_id))
+        self.sampling_step = StaticGraph(_SampledDecode(model, cache, end_token_id))
         self._tables: tuple[Tensor, ...] = ()  # the running generation's positions, uniforms, start, params, limits
         self._steps_left = 0
 

@@ -36,6 +36,7 @@ from mindspore import Tensor, mint, nn, ops
 from tqdm import tqdm
 
 from ..finite import check_finite, non_finite_error
+from ..graph_calls import StaticGraph, static_graph
 from ..graph_inputs import bucketed, graph_input
 from ..models.dit.kv_cache import GlmImageKVCache
 from ..models.dit.transformer import transformer_inputs
@@ -96,9 +97,9 @@ class GuidedEulerStep(nn.Cell):
 
 
 @functools.lru_cache(maxsize=2)
-def _euler_step(guided: bool) -> GuidedEulerStep:
+def _euler_step(guided: bool) -> StaticGraph:
     """One instance per mode for the process: a compiled graph is cached per cell instance."""
-    return GuidedEulerStep(guided)
+    return StaticGraph(GuidedEulerStep(guided))
 
 
 def denoise(transformer: nn.Cell, scheduler: FlowMatchEulerScheduler, latents: np.ndarray, prior_ids: np.ndarray,
@@ -150,12 +151,12 @@ def _device_loop(transformer, scheduler, latents, prior_ids, passes, timesteps, 
              kv_cache.read_inputs_guided(batch) if guided else kv_cache.read_inputs(batch))
     sigmas, guidance = Tensor(scheduler.sigmas), Tensor(np.float32(cfg.guidance_scale))
     indices = [Tensor(i, ms.int32) for i in range(len(timesteps))]
-    step = _euler_step(guided)
+    step, dit = _euler_step(guided), static_graph(transformer)
     # 2. the loop: one DiT call and one step graph per step, nothing read back
     x, model_input, record = graph_input("latents", latents, ms.float32), inputs[0], Tensor(np.array([-1, 0], np.int32))
     for i in tqdm(range(len(timesteps)), desc="denoise", disable=not cfg.progress):
         inputs[0], inputs[4] = model_input, step_t[i]
-        x, model_input, record = step(transformer(*inputs, *cache), x, sigmas, indices[i], guidance, record)
+        x, model_input, record = step(dit(*inputs, *cache), x, sigmas, indices[i], guidance, record)
     # 3. one readback; the record only when something went non-finite
     final = x.asnumpy()
     if not np.isfinite(final).all():

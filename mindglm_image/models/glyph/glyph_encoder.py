@@ -16,6 +16,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import mint, ops
 
+from ...graph_calls import static_graph
 from ...graph_inputs import bucketed, graph_input
 from ...processor.byt5_tokenizer import ByT5Tokenizer
 from ...processor.glyph_text import extract_glyph_texts
@@ -67,7 +68,7 @@ class GlyphEncoder:
         input_ids = np.pad(input_ids, ((0, rows - n), (0, cols - length)), constant_values=self.tokenizer.pad_token_id)
         mask = np.pad(mask, ((0, rows - n), (0, cols - length)))
         n, length = input_ids.shape
-        states = self.text_encoder(graph_input("glyph input_ids", input_ids, ms.int32),
+        states = static_graph(self.text_encoder)(graph_input("glyph input_ids", input_ids, ms.int32),
                                    graph_input("glyph attention_mask", mask, ms.int32),
                                    self.text_encoder.position_bucket_for(length))
         keep = graph_input("glyph token index", np.flatnonzero(mask.reshape(-1)), ms.int32)
