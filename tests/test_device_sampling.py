@@ -20,9 +20,13 @@ CONFIGS = [SamplingConfig(), SamplingConfig(temperature=1.0, top_k=5, top_p=1.0)
            SamplingConfig(temperature=0.7, top_k=10, top_p=0.5), SamplingConfig(temperature=1.3, top_p=0.9)]
 
 
-@pytest.fixture(scope="module")
-def sampler_cell():
-    return DeviceTokenSampler()
+@pytest.fixture(scope="module", params=["composite", "fused"])
+def sampler_cell(request):
+    """The sampler with the ops layer's composite, and with its CPU twin (``MINDGLM_KERNELS`` is read when a
+    cell is built)."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MINDGLM_KERNELS", request.param)
+        return DeviceTokenSampler()
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 from mindspore import Tensor, nn
 
 from mindglm_image.ops import (adamw_ema, ascendc, attention, cpu_twins, gated_activation, gelu, layer_norm,
-                                linear, registry, rms_norm, rotary)
+                                linear, registry, rms_norm, rotary, sample_token)
 from mindglm_image.ops.attention import MASKED
 
 # operator -> (Ascend implementation, the MindSpore built-in it calls)
@@ -64,12 +64,14 @@ def test_mode_defaults_and_bad_value(monkeypatch):
 
 def test_cpu_fused_resolution():
     """CPU twins where they exist (every op with an Ascend built-in, and GeLU), the composite elsewhere."""
-    kinds = {op: registry.kind_of(op, "CPU", "fused") for op in (*ASCEND, "gelu", "conv2d", "adamw_ema")}
+    kinds = {op: registry.kind_of(op, "CPU", "fused")
+             for op in (*ASCEND, "gelu", "sample_token", "conv2d", "adamw_ema")}
     assert kinds == {"attention": "cpu_twin", "rms_norm": "cpu_twin", "add_rms_norm": "cpu_twin",
                      "ada_layer_norm": "cpu_twin", "layer_norm": "cpu_twin", "rotary": "cpu_twin",
-                     "swiglu": "cpu_twin", "linear": "cpu_twin", "gelu": "cpu_twin", "conv2d": "composite",
-                     "adamw_ema": "composite"}
+                     "swiglu": "cpu_twin", "linear": "cpu_twin", "gelu": "cpu_twin", "sample_token": "cpu_twin",
+                     "conv2d": "composite", "adamw_ema": "composite"}
     assert registry.resolve("gelu", "Ascend", "fused").fn is gelu.gelu  # the built-in kernel there
+    assert registry.resolve("sample_token", "Ascend", "fused").fn is sample_token.sample_token  # no fused op
 
 
 def test_missing_compiler_falls_back(monkeypatch, tmp_path, caplog):
@@ -183,6 +185,30 @@ def test_rotary_and_swiglu_twins(x_shape, table_shape, parity_report):
     composite, twin = _both("swiglu", (gate_up,))
     assert twin.shape == x_shape
     _close(composite, twin, report=parity_report, name="swiglu")
+
+
+@pytest.mark.parametrize("vocab", [7, 264, 1031])  # odd sizes; 264: the tiny model's image vocabulary
+def test_sample_token_twin(vocab):
+    """The SampleToken kernel picks the composite's token for every row of 64 random logits under each
+    filter setting (sampling, top-k, top-k + top-p, greedy), with and without a limit, and counts the same
+    non-finite logits (rows with NaN / inf among ids the limit excludes)."""
+    rng = np.random.default_rng(4)
+    logits = rng.standard_normal((64, vocab)).astype(np.float32) * 3
+    logits[3, -1], logits[5, -2:] = np.nan, np.inf  # past the limit below: never picked, still counted
+    uniforms = Tensor(rng.random((64, 1)).astype(np.float32))
+    settings = [(0.9, 0, 0.75, 1), (1.0, 5, 1.0, 1), (0.7, 10, 0.5, 1), (1.3, 0, 0.9, 1), (1.0, 0, 1.0, 0)]
+    for temperature, top_k, top_p, sample in settings:
+        params = Tensor(np.array([temperature, top_k, top_p, sample], np.float32))
+        for limit in (vocab, vocab - 3):
+            args = (Tensor(logits if limit < vocab else np.nan_to_num(logits)), uniforms, params,
+                    Tensor(np.array([limit], np.int32)))
+            (tokens, bad), (twin_tokens, twin_bad) = _both("sample_token", args)
+            assert twin_tokens.dtype == tokens.dtype == ms.int32
+            np.testing.assert_array_equal(twin_tokens.asnumpy(), tokens.asnumpy())
+            np.testing.assert_array_equal(twin_bad.asnumpy(), bad.asnumpy())
+            assert twin_tokens.asnumpy().max() < limit
+            if limit < vocab:
+                assert twin_bad.asnumpy()[[3, 5]].tolist() == [1, 2]
 
 
 def _causal(batch, seq, keys, valid):

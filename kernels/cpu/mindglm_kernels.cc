@@ -235,7 +235,7 @@ int attention(int nparam, void **params, int *ndims, int64_t **shapes, bool bsnd
   const int64_t groups = H / HKV, rows_per_kv = groups * S;
   const int64_t dp = (D + kLanes - 1) / kLanes * kLanes;  // head dim padded to whole vectors
   const int64_t row_blocks = (rows_per_kv + kBlock - 1) / kBlock;
-#pragma omp parallel
+#pragma omp parallel if (B * H * S * K * D > (1 << 18))  // a small decode step: no thread wake-up
   {
     std::vector<float> kt(dp * kTile), vt(kTile * dp), kr(bsnd ? kTile * D : 0),  // zeroed: padding stays 0
         qb(kBlock * dp), ob(kBlock * dp), probs(kMicro * kTile),
@@ -329,7 +329,7 @@ int RmsNorm(int nparam, void **params, int *ndims, int64_t **shapes, const char 
   float *y = static_cast<float *>(params[3]);
   const int64_t d = shapes[0][ndims[0] - 1];
   const int64_t rows = numel(ndims[0], shapes[0]) / d;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows * d > 65536)
   for (int64_t r = 0; r < rows; ++r) {
     const float *xr = x + r * d;
     float *yr = y + r * d;
@@ -351,7 +351,7 @@ int AddRmsNorm(int nparam, void **params, int *ndims, int64_t **shapes, const ch
   float *total = static_cast<float *>(params[5]);
   const int64_t d = shapes[0][ndims[0] - 1];
   const int64_t rows = numel(ndims[0], shapes[0]) / d;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows * d > 65536)
   for (int64_t r = 0; r < rows; ++r) {
     float *tr = total + r * d;
 #pragma omp simd
@@ -372,7 +372,7 @@ int AdaLayerNorm(int nparam, void **params, int *ndims, int64_t **shapes, const 
   const float eps = *static_cast<const float *>(params[3]);
   float *y = static_cast<float *>(params[4]);
   const int64_t b = shapes[0][0], s = shapes[0][1], d = shapes[0][2];
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (b * s * d > 65536)
   for (int64_t r = 0; r < b * s; ++r) {
     const int64_t bi = r / s;
     float *yr = y + r * d;
@@ -517,6 +517,72 @@ int SwiGlu(int nparam, void **params, int *ndims, int64_t **shapes, const char *
       store(yr + j, load(up + j) * (g / (1.f + exp_v(-g))));
     }
     for (; j < f; ++j) yr[j] = up[j] * (gate[j] / (1.f + std::exp(-gate[j])));
+  }
+  return 0;
+}
+
+// SampleToken(logits (B, V), uniforms (B, 1), params (4), limit (1) int32) -> (token (B,) int32, non_finite (B,)
+// int32): ops/sample_token.py's rules, a row per thread. params: temperature, top_k (0: off), top_p, 1 to sample
+// (else the argmax, first of equal maxima). Ids at or above limit are -inf; non_finite counts the row's
+// non-finite logits. Sampling: scores = logits / temperature, sorted ascending; top-k keeps scores >= the
+// k-th largest; top-p drops the ascending prefix whose softmax mass (cumulated in order) is <= 1 - top_p, never
+// the last; the kept scores' softmax in vocabulary order is cumulated and the token is the number of entries
+// below u times the total (at most V - 1), i.e. the first whose cumulative mass reaches u.
+int SampleToken(int nparam, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  if (nparam != 6) return 1;
+  const float *logits = static_cast<const float *>(params[0]);
+  const float *uniforms = static_cast<const float *>(params[1]);
+  const float *cfg = static_cast<const float *>(params[2]);
+  const int64_t B = shapes[0][0], V = shapes[0][1];
+  const int64_t limit = std::min<int64_t>(*static_cast<const int32_t *>(params[3]), V);
+  int32_t *token = static_cast<int32_t *>(params[4]);
+  int32_t *non_finite = static_cast<int32_t *>(params[5]);
+  const float temperature = cfg[0], top_p = cfg[2];
+  const int64_t k = cfg[1] > 0 ? static_cast<int64_t>(std::min(cfg[1], static_cast<float>(V))) : V;
+#pragma omp parallel for schedule(static) if (B * V > 65536)
+  for (int64_t b = 0; b < B; ++b) {
+    const float *x = logits + b * V;
+    int32_t bad = 0;
+    int64_t best = 0;
+    for (int64_t i = 0; i < V; ++i) {
+      bad += !std::isfinite(x[i]);
+      const float xi = i < limit ? x[i] : -INFINITY, xb = best < limit ? x[best] : -INFINITY;
+      if (xi > xb) best = i;
+    }
+    non_finite[b] = bad;
+    if (cfg[3] <= 0) {
+      token[b] = static_cast<int32_t>(best);
+      continue;
+    }
+    std::vector<float> scores(V), ascending(V), cdf(V);
+    for (int64_t i = 0; i < V; ++i) scores[i] = (i < limit ? x[i] : -INFINITY) / temperature;
+    ascending = scores;
+    std::sort(ascending.begin(), ascending.end());
+    // 1. top-k: the k-th largest score; 2. top-p: the smallest kept score of the ascending order
+    const float kth = ascending[V - k];
+    for (float &a : ascending) a = a < kth ? -INFINITY : a;
+    const float top = ascending[V - 1];
+    double total = 0.0;
+    for (int64_t i = 0; i < V; ++i) total += std::exp(ascending[i] - top);
+    float cumulative = 0.f;
+    int64_t dropped = 0;
+    for (int64_t i = 0; i + 1 < V; ++i) {
+      cumulative += static_cast<float>(std::exp(ascending[i] - top) / total);
+      dropped += cumulative <= 1.f - top_p;
+    }
+    const float threshold = std::max(ascending[dropped], kth);
+    // 3. inverse CDF over the kept scores in vocabulary order
+    float running = 0.f;
+    double kept_total = 0.0;
+    for (int64_t i = 0; i < V; ++i) kept_total += scores[i] >= threshold ? std::exp(scores[i] - top) : 0.0;
+    for (int64_t i = 0; i < V; ++i) {
+      running += scores[i] >= threshold ? static_cast<float>(std::exp(scores[i] - top) / kept_total) : 0.f;
+      cdf[i] = running;
+    }
+    const float target = uniforms[b] * cdf[V - 1];
+    int64_t picked = 0;
+    for (int64_t i = 0; i < V; ++i) picked += cdf[i] < target;
+    token[b] = static_cast<int32_t>(std::min(picked, V - 1));
   }
   return 0;
 }

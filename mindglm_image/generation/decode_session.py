@@ -24,6 +24,7 @@ from mindspore import Tensor, mint, nn, ops
 from ..graph_calls import StaticGraph
 from ..graph_inputs import graph_input
 from ..models.ar.kv_cache import StaticKVCache
+from ..ops import inference_cells
 from .device_sampling import DeviceTokenSampler
 
 
@@ -114,8 +115,9 @@ class DecodeSession:
         self.cache = cache
         self.end_token_id = end_token_id  # a row that sampled it keeps emitting it
         self.graph = StaticGraph(_CachedStep(model, cache))
-        self.sampling_prefill = StaticGraph(_SampledPrefill(model, cache, end_token_id))
-        self.sampling_step = StaticGraph(_SampledDecode(model, cache, end_token_id))
+        with inference_cells():  # the sampler is never trained: its CPU twin by default
+            self.sampling_prefill = StaticGraph(_SampledPrefill(model, cache, end_token_id))
+            self.sampling_step = StaticGraph(_SampledDecode(model, cache, end_token_id))
         self._tables: tuple[Tensor, ...] = ()  # the running generation's positions, uniforms, start, params, limits
         self._steps_left = 0
 

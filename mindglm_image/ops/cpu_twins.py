@@ -20,7 +20,7 @@ from pathlib import Path
 import mindspore as ms
 from mindspore import mint, nn, ops
 
-from . import attention, gated_activation, gelu, layer_norm, linear, rms_norm, rotary
+from . import attention, gated_activation, gelu, layer_norm, linear, rms_norm, rotary, sample_token
 
 SOURCE = Path(__file__).resolve().parents[2] / "kernels" / "cpu" / "mindglm_kernels.cc"
 _FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
@@ -231,9 +231,22 @@ class SwiGluTwin(nn.Cell):
         return self.kernel(gate_up)
 
 
+class SampleTokenTwin(nn.Cell):
+    """``sample_token`` by the C++ kernel ``SampleToken``: one kernel where the composite runs about 30 (sort,
+    softmaxes, cumulative sums, gathers), each a kernel launch in a decode step."""
+
+    def __init__(self):
+        super().__init__()
+        rows = lambda logits, *rest: ([logits[0]], [logits[0]])  # noqa: E731
+        self.kernel = _custom("SampleToken", rows, lambda *types: (ms.int32, ms.int32))
+
+    def construct(self, logits, uniforms, params, limit):
+        return self.kernel(logits.astype(ms.float32), uniforms, params, limit)
+
+
 _TWINS = {"rms_norm": RmsNormTwin, "add_rms_norm": AddRmsNormTwin, "layer_norm": LayerNormTwin,
           "ada_layer_norm": AdaLayerNormTwin, "attention": AttentionTwin, "linear": LinearTwin, "rotary": RotaryTwin,
-          "swiglu": SwiGluTwin, "gelu": GeluTwin}
+          "swiglu": SwiGluTwin, "gelu": GeluTwin, "sample_token": SampleTokenTwin}
 
 
 TWIN_TYPES = tuple(_TWINS.values())
