@@ -240,11 +240,12 @@ def test_conv2d_equals_a_direct_convolution(shape):
     np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 
 
-@pytest.mark.parametrize("case", ["prefill_gqa", "decode_static_kv", "dit_text_padding", "vision_2d", "t5_bias",
-                                  "no_bias"])
+@pytest.mark.parametrize("case", ["prefill_gqa", "decode_static_kv", "decode_masked_tiles", "dit_text_padding",
+                                  "vision_2d", "t5_bias", "no_bias"])
 def test_attention_twin(case, parity_report):
     rng = np.random.default_rng(1)
     b, h, hkv, s, k, d = {"prefill_gqa": (2, 4, 2, 5, 5, 12), "decode_static_kv": (2, 6, 2, 1, 131, 8),
+                          "decode_masked_tiles": (2, 4, 2, 1, 200, 8),
                           "dit_text_padding": (2, 3, 3, 9, 13, 16), "vision_2d": (1, 2, 2, 7, 7, 5),
                           "t5_bias": (2, 2, 2, 6, 6, 4), "no_bias": (1, 1, 1, 3, 70, 3)}[case]
     q = rng.standard_normal((b, h, s, d)).astype(np.float32)
@@ -257,6 +258,11 @@ def test_attention_twin(case, parity_report):
     elif case == "decode_static_kv":
         valid[:, 40:] = False  # empty cache slots
         valid[0, :3] = False
+        bias = _causal(b, s, k, valid)
+    elif case == "decode_masked_tiles":  # whole 64-key tiles masked (the twin skips them), and a sample that
+        valid[:, 150:] = False         # sees no key at all (it keeps them: uniform weights, as the composite)
+        valid[0, :70] = False
+        valid[1] = False
         bias = _causal(b, s, k, valid)
     elif case == "dit_text_padding":
         bias = np.zeros((b, 1, 1, k), np.float32)

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 namespace {
@@ -51,6 +52,7 @@ constexpr int kLanes = 8, kChunk = 2;
 typedef float vf __attribute__((vector_size(4 * kLanes)));
 typedef int32_t vi __attribute__((vector_size(4 * kLanes)));
 constexpr int64_t kTile = 64, kMicro = 6, kBlock = 20 * kMicro;  // keys per tile, rows per micro-kernel, per task
+constexpr float kMasked = std::numeric_limits<float>::lowest();  // ops/attention.py's MASKED
 
 inline vf load(const float *p) {
   vf x;
@@ -234,7 +236,7 @@ int attention(int nparam, void **params, int *ndims, int64_t **shapes, bool bsnd
   const int64_t kb_stride = K * HKV * D, kh = bsnd ? D : K * D, ks = bsnd ? HKV * D : D;
   const int64_t groups = H / HKV, rows_per_kv = groups * S;
   const int64_t dp = (D + kLanes - 1) / kLanes * kLanes;  // head dim padded to whole vectors
-  const int64_t row_blocks = (rows_per_kv + kBlock - 1) / kBlock;
+  const int64_t row_blocks = (rows_per_kv + kBlock - 1) / kBlock, n_tiles = (K + kTile - 1) / kTile;
 #pragma omp parallel if (B * H * S * K * D > (1 << 18))  // a small decode step: no thread wake-up
   {
     std::vector<float> kt(dp * kTile), vt(kTile * dp), kr(bsnd ? kTile * D : 0),  // zeroed: padding stays 0
@@ -242,6 +244,7 @@ int attention(int nparam, void **params, int *ndims, int64_t **shapes, bool bsnd
         scores(kMicro * kTile);
     std::vector<float> m(kBlock), l(kBlock);
     std::vector<const float *> brow(kBlock);
+    std::vector<char> skip(n_tiles);
 #pragma omp for schedule(dynamic) collapse(3)
     for (int64_t b = 0; b < B; ++b)
       for (int64_t kvh = 0; kvh < HKV; ++kvh)
@@ -261,7 +264,20 @@ int attention(int nparam, void **params, int *ndims, int64_t **shapes, bool bsnd
           std::fill(ob.begin(), ob.end(), 0.f);
           std::fill(m.begin(), m.end(), -INFINITY);
           std::fill(l.begin(), l.end(), 0.f);
+          // key tiles every row of the block masks (bias = MASKED: a static cache's empty slots, left padding)
+          // weigh exactly 0 once any visible key is seen, so they are skipped; a block that sees no key at all
+          // keeps them (the composite's uniform softmax over masked keys)
+          bool any_visible = false;
+          for (int64_t t = 0; t < n_tiles; ++t) {
+            const int64_t k0 = t * kTile, n = std::min(kTile, K - k0);
+            bool masked = true;
+            for (int64_t r = rows - 1; r >= 0 && masked; --r)  // the last row sees the most keys (causal)
+              for (int64_t j = 0; j < n && masked; ++j) masked = brow[r][k0 + j] == kMasked;
+            skip[t] = masked;
+            any_visible = any_visible || !masked;
+          }
           for (int64_t k0 = 0; k0 < K; k0 += kTile) {
+            if (any_visible && skip[k0 / kTile]) continue;
             // 2. the tile: K transposed (dp x 64; rows past the head dim stay 0, columns past the last key
             // keep finite stale values that the softmax masks), V read in place unless d needs padding
             const int64_t n = std::min(kTile, K - k0);
