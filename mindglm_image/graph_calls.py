@@ -18,15 +18,16 @@ _PREDICT_PHASE = "increment"  # one of the two phases Cell._predict serves ("pre
 
 
 class _PredictCell(nn.Cell):
-    """``cell`` under MindSpore's predict fast path; ``auto_prefix=False`` keeps its parameter names."""
+    """``cell.method`` under MindSpore's predict fast path; ``auto_prefix=False`` keeps its parameter names."""
 
-    def __init__(self, cell: nn.Cell):
+    def __init__(self, cell: nn.Cell, method: str):
         super().__init__(auto_prefix=False)
         self.cell = cell
+        self.method = method
         self.phase = _PREDICT_PHASE
 
     def construct(self, *args):
-        return self.cell(*args)
+        return getattr(self.cell, self.method)(*args)
 
 
 def _signature(value: Any) -> Any:
@@ -38,17 +39,19 @@ def _signature(value: Any) -> Any:
 
 
 class StaticGraph:
-    """Calls ``cell`` with positional arguments through one predict-mode cell per input signature."""
+    """Calls ``cell`` (or its graph-traceable ``method``) with positional arguments through one predict-mode cell
+    per input signature."""
 
-    def __init__(self, cell: nn.Cell):
+    def __init__(self, cell: nn.Cell, method: str = "construct"):
         self.cell = cell
+        self.method = method
         self._graphs: dict[Any, _PredictCell] = {}
 
     def __call__(self, *args):
         key = _signature(args)
         graph = self._graphs.get(key)
         if graph is None:
-            graph = self._graphs[key] = _PredictCell(self.cell)
+            graph = self._graphs[key] = _PredictCell(self.cell, self.method)
         return graph(*args)
 
     @property
@@ -57,11 +60,13 @@ class StaticGraph:
         return sum(len(graph.compile_cache) for graph in self._graphs.values())
 
 
-def static_graph(cell: nn.Cell) -> StaticGraph:
-    """``cell``'s ``StaticGraph``, made on first use and kept on the cell, so that it lives as long as the cell
-    (a model passed to a stateless loop function keeps its compiled graphs from one call to the next)."""
-    graph = cell.__dict__.get("_static_graph")
-    if graph is None:
-        graph = StaticGraph(cell)
-        object.__setattr__(cell, "_static_graph", graph)  # a plain attribute: not a sub-cell, not compiled
-    return graph
+def static_graph(cell: nn.Cell, method: str = "construct") -> StaticGraph:
+    """``cell``'s ``StaticGraph`` of ``method``, made on first use and kept on the cell, so that it lives as long as
+    the cell (a model passed to a stateless loop function keeps its compiled graphs from one call to the next)."""
+    graphs = cell.__dict__.get("_static_graphs")
+    if graphs is None:
+        graphs = {}
+        object.__setattr__(cell, "_static_graphs", graphs)  # a plain attribute: not a sub-cell, not compiled
+    if method not in graphs:
+        graphs[method] = StaticGraph(cell, method)
+    return graphs[method]

@@ -10,6 +10,8 @@ from mindglm_image.config.dit import GlmImageTransformerConfig
 from mindglm_image.finite import NonFiniteError
 from mindglm_image.models.dit.kv_cache import GlmImageKVCache
 from mindglm_image.models.dit.transformer import GlmImageTransformer2DModel
+from mindglm_image.graph_calls import static_graph
+from mindglm_image.pipeline import denoise as denoise_module
 from mindglm_image.pipeline.denoise import DenoiseConfig, denoise
 from mindglm_image.scheduler.flow_match import FlowMatchEulerScheduler, FlowMatchEulerSchedulerConfig
 from parity_utils import assert_parity, load_converted, rel_error
@@ -115,14 +117,15 @@ def test_unguided_loop_with_cache_equals_host_loop(dit):
 
 
 class _NonFiniteAtCall:
-    """The DiT, but its ``k``-th call returns inf in one value (a stand-in for an overflow mid-loop)."""
+    """A DiT call (the host loop's model, or the device loop's velocity graph), but its ``k``-th call returns inf
+    in one value (a stand-in for an overflow mid-loop)."""
 
-    def __init__(self, model, k):
-        self.model, self.config, self.k, self.calls = model, model.config, k, 0
+    def __init__(self, call, k):
+        self.call, self.config, self.k, self.calls = call, getattr(call, "config", None), k, 0
 
     def __call__(self, *inputs):
         self.calls += 1
-        out = self.model(*inputs)
+        out = self.call(*inputs)
         if self.calls != self.k:
             return out
         values = out.asnumpy().copy()
@@ -131,11 +134,18 @@ class _NonFiniteAtCall:
 
 
 @pytest.mark.parametrize("device_loop", [True, False])
-def test_non_finite_velocity_names_its_step(dit, device_loop):
+def test_non_finite_velocity_names_its_step(dit, device_loop, monkeypatch):
     """A step that goes non-finite is named, also when the device loop only finds it in the final latents."""
     request = _request(1, np.random.default_rng(3))
     calls_per_step = 1 if device_loop else 2
-    model = _NonFiniteAtCall(dit, 2 * calls_per_step + 1)  # the first call of step 3
+    k = 2 * calls_per_step + 1  # the first call of step 3
+    model = dit
+    if device_loop:  # the device loop calls the DiT's velocity graph, through static_graph
+        velocity = _NonFiniteAtCall(static_graph(dit, "denoise_step"), k)
+        monkeypatch.setattr(denoise_module, "static_graph", lambda cell, method="construct": (
+            velocity if method == "denoise_step" else static_graph(cell, method)))
+    else:
+        model = _NonFiniteAtCall(dit, k)
     cfg = DenoiseConfig(num_inference_steps=4, guidance_scale=1.5, progress=False, device_loop=device_loop)
     with pytest.raises(NonFiniteError, match=r"denoising step 3/4 \(DiT velocity\) produced 1 non-finite values"):
         denoise(model, _scheduler(), height=64, width=96, cfg=cfg, **request)

@@ -39,4 +39,5 @@ def test_dit_cond_and_uncond_share_one_graph_across_prompt_lengths(pipe):
     intermediate buffers, ~2 GB at 512 px for a mid-size DiT)."""
     for prompt in ['a sign "hi"', "no quotes", '"' + "x" * 20 + '"']:
         pipe(prompt, height=64, width=64, num_inference_steps=1, progress=False)
-    assert static_graph(pipe.transformer).compiled_graphs == 1
+    assert static_graph(pipe.transformer, "denoise_step").compiled_graphs == 1
+    assert static_graph(pipe.transformer, "prepare_denoising").compiled_graphs == 1

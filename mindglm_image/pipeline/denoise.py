@@ -6,7 +6,9 @@ Each step is ONE DiT call over a doubled batch, timestep ``t - 1``: rows [0, B) 
 a small compiled graph, mixes the two halves with the guidance scale in fp32 and takes the flow-match Euler
 step with the sigmas held on the device. The loop never waits for the device: every input that does not
 change (prior ids, drop masks, sizes, glyph embeddings and their mask, rotary tables, the cache, the
-per-step timesteps) is uploaded once before it, and the final latents are read back once at the end.
+per-step timesteps) is uploaded once before it, the DiT's step-invariant part (projected prior tokens and glyph
+embeddings, every step's time embedding: ``prepare_denoising``) is computed once by one graph call, and the final
+latents are read back once at the end.
 The price of batching: one call holds both passes' activations (twice a pass's; the composite attention's
 fp32 scores grow with the rows, flash attention on Ascend keeps them linear in the sequence) and, for I2I,
 a second copy of the reference cache for the unconditional rows.
@@ -138,30 +140,35 @@ def _sizes(rows: int, height: int, width: int, cfg: DenoiseConfig) -> tuple[np.n
 def _device_loop(transformer, scheduler, latents, prior_ids, passes, timesteps, height, width, cfg, kv_cache):
     """One DiT call a step over the passes' rows stacked ([cond | uncond]); latents stay on the device."""
     batch, guided = latents.shape[0], len(passes) == 2
-    rows = len(passes) * batch
-    # 1. everything the loop reads but never changes, as device tensors: [cond | uncond] rows
+    rows, steps = len(passes) * batch, len(timesteps)
+    # 1. everything the loop reads but never changes, on the device: the inputs checked as one DiT call's, then
+    # the DiT's step-invariant part (projected prior tokens and glyph embeddings, every step's time embedding)
+    # computed by one graph call; [cond | uncond] rows
     target, crop = _sizes(rows, height, width, cfg)
     drop = np.concatenate([np.full(prior_ids.shape, dropped) for _, _, dropped in passes])
-    step_t = [Tensor(np.full(rows, t, dtype=np.float32) - np.float32(1)) for t in timesteps]
-    inputs = list(transformer_inputs(
+    step_t = np.stack([np.full(rows, t, dtype=np.float32) - np.float32(1) for t in timesteps])  # (steps, rows)
+    (model_input, glyph, prior_id, prior_drop, _, _, _, rope_cos, rope_sin, text_bias) = transformer_inputs(
         transformer.config, np.concatenate([latents] * len(passes)), np.concatenate([p[0] for p in passes]),
         np.concatenate([prior_ids] * len(passes)), drop, step_t[0], target, crop,
-        np.concatenate([p[1] for p in passes])))
+        np.concatenate([p[1] for p in passes]))
+    prior, text, temb = static_graph(transformer, "prepare_denoising")(
+        glyph, prior_id, prior_drop, Tensor(step_t.reshape(-1)), Tensor(np.tile(target, (steps, 1))),
+        Tensor(np.tile(crop, (steps, 1))))
     cache = (() if kv_cache is None else
              kv_cache.read_inputs_guided(batch) if guided else kv_cache.read_inputs(batch))
     sigmas, guidance = Tensor(scheduler.sigmas), Tensor(np.float32(cfg.guidance_scale))
-    indices = [Tensor(i, ms.int32) for i in range(len(timesteps))]
-    step, dit = _euler_step(guided), static_graph(transformer)
+    indices = [Tensor(i, ms.int32) for i in range(steps)]
+    step, dit = _euler_step(guided), static_graph(transformer, "denoise_step")
     # 2. the loop: one DiT call and one step graph per step, nothing read back
-    x, model_input, record = graph_input("latents", latents, ms.float32), inputs[0], Tensor(np.array([-1, 0], np.int32))
-    for i in tqdm(range(len(timesteps)), desc="denoise", disable=not cfg.progress):
-        inputs[0], inputs[4] = model_input, step_t[i]
-        x, model_input, record = step(dit(*inputs, *cache), x, sigmas, indices[i], guidance, record)
+    x, record = graph_input("latents", latents, ms.float32), Tensor(np.array([-1, 0], np.int32))
+    for i in tqdm(range(steps), desc="denoise", disable=not cfg.progress):
+        velocity = dit(model_input, prior, text, temb, indices[i], rope_cos, rope_sin, text_bias, *cache)
+        x, model_input, record = step(velocity, x, sigmas, indices[i], guidance, record)
     # 3. one readback; the record only when something went non-finite
     final = x.asnumpy()
     if not np.isfinite(final).all():
         first, bad = (int(v) for v in record.asnumpy())
-        raise non_finite_error(f"denoising step {first + 1}/{len(timesteps)} (DiT velocity)", bad, final.size)
+        raise non_finite_error(f"denoising step {first + 1}/{steps} (DiT velocity)", bad, final.size)
     return DenoiseOutput(final, host_syncs=1)
 
 

@@ -44,6 +44,15 @@ def case(op, shapes, layout="BNSD"):
         return swiglu
     if op == "linear":
         return lambda: F.linear(t["x"], t["w"], t.get("b"))
+    if op == "sample_token":  # transformers' order: temperature, top-p (top-k off), softmax, one multinomial draw
+        def sample():
+            scores = t["logits"] / 0.9
+            ascending, order = scores.sort(-1)
+            drop = ascending.softmax(-1).cumsum(-1) <= 1 - 0.75
+            drop[..., -1] = False
+            scores = scores.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+            return torch.multinomial(scores.softmax(-1), 1)
+        return sample
     if op == "conv2d":
         return lambda: F.conv2d(t["x"], t["w"], t["b"], padding=1)
     raise ValueError(op)

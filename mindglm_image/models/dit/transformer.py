@@ -313,22 +313,49 @@ class GlmImageTransformer2DModel(nn.Cell):
         return self._forward(hidden_states, encoder_hidden_states, prior_token_id, prior_token_drop, timestep,
                              target_size, crop_coords, rope_cos, rope_sin, cache_key, cache_value, text_bias, True)
 
+    def prepare_denoising(self, encoder_hidden_states, prior_token_id, prior_token_drop, timesteps, target_size,
+                          crop_coords):
+        """The part of every denoising step that does not change within a loop, once: the projected prior-token
+        embeddings (B, N, inner), the projected glyph embeddings (B, T, inner) and the time embeddings of all
+        steps (steps, B, time_embed_dim), from ``timesteps``, ``target_size`` and ``crop_coords`` given for
+        every (step, sample) row, step-major ((steps * B,) and (steps * B, 2))."""
+        prior, text = self._condition(encoder_hidden_states, prior_token_id, prior_token_drop)
+        temb = self.time_condition_embed(timesteps, target_size, crop_coords)
+        return prior, text, temb.reshape(-1, prior_token_id.shape[0], temb.shape[-1])
+
+    def denoise_step(self, hidden_states, prior, text, temb, index, rope_cos, rope_sin, text_bias=None,
+                     cache_key=None, cache_value=None, cache_bias=None):
+        """``construct``'s velocity at step ``index`` (a 0-d int32 tensor) from ``prepare_denoising``'s outputs."""
+        return self._blocks(hidden_states, prior, text, ops.gather(temb, index, 0), rope_cos, rope_sin, cache_key,
+                            cache_value, text_bias, False, cache_bias)
+
+    def _condition(self, encoder_hidden_states, prior_token_id, prior_token_drop):
+        """Projected prior-token embeddings (zeroed where dropped) and projected glyph embeddings (None: no text)."""
+        prior = self.prior_token_embedding(prior_token_id)
+        prior = prior * broadcast_like(mint.logical_not(prior_token_drop).astype(prior.dtype).unsqueeze(-1), prior)
+        text = None
+        if encoder_hidden_states is not None:
+            text = self.glyph_projector(encoder_hidden_states.astype(self.compute_dtype))
+        return self.prior_projector(prior), text
+
     def _forward(self, hidden_states, encoder_hidden_states, prior_token_id, prior_token_drop, timestep,
                  target_size, crop_coords, rope_cos, rope_sin, cache_key, cache_value, text_bias, with_kv: bool,
                  cache_bias=None):
+        prior, text = self._condition(encoder_hidden_states, prior_token_id, prior_token_drop)
+        temb = self.time_condition_embed(timestep, target_size, crop_coords)
+        return self._blocks(hidden_states, prior, text, temb, rope_cos, rope_sin, cache_key, cache_value, text_bias,
+                            with_kv, cache_bias)
+
+    def _blocks(self, hidden_states, prior, text, temb, rope_cos, rope_sin, cache_key, cache_value, text_bias,
+                with_kv: bool, cache_bias=None):
         # ``with_kv`` is a compile-time constant: the velocity-only graph never collects keys/values. (Collecting
         # and then discarding them left list appends, side effects in graph mode, that MindSpore removed with a
         # "Some side effect nodes were eliminated by mistake" warning on every compile.)
         b, _, height, width = hidden_states.shape
         p = self.patch_size
-        x = self.image_projector(hidden_states.astype(self.compute_dtype))
-        prior = self.prior_token_embedding(prior_token_id)
-        prior = prior * broadcast_like(mint.logical_not(prior_token_drop).astype(prior.dtype).unsqueeze(-1), prior)
-        x = x + self.prior_projector(prior)
-        text = None
-        if encoder_hidden_states is not None:
-            text = self.glyph_projector(encoder_hidden_states.astype(self.compute_dtype))
-        temb = self.time_condition_embed(timestep, target_size, crop_coords)
+        # 1. patch embeddings plus the projected prior tokens
+        x = self.image_projector(hidden_states.astype(self.compute_dtype)) + prior
+        # 2. the blocks, each reading the reference-image cache if given
         keys = []
         values = []
         for i, block in enumerate(self.transformer_blocks):
@@ -340,6 +367,7 @@ class GlmImageTransformer2DModel(nn.Cell):
             if with_kv:
                 keys.append(key)
                 values.append(value)
+        # 3. final modulated norm, projection, unpatchify
         x = self.proj_out(self.norm_out(x, temb))
         x = x.reshape(b, height // p, width // p, self.out_channels, p, p).permute(0, 3, 1, 4, 2, 5)
         sample = x.reshape(b, self.out_channels, height, width)
