@@ -1,9 +1,8 @@
 """Calling a compiled graph in a hot loop (a decode step, a denoising step) without MindSpore's per-call checks.
 
 In graph mode ``Cell.__call__`` re-derives the argument key and sets ``compile_phase`` on every sub-cell before
-each run (``mindspore/graph/api.py``, ``compile``): Python work that grows with the cell tree, about 2.3 ms a call
-for the tiny AR model's decode step (whose kernels run in about 6 ms) and 3 ms for the mid-size one
-(``scripts/bench_generate.py`` shows the effect end to end). MindSpore's predict mode, made for LLM decoding,
+each run (``mindspore/graph/api.py``, ``compile``): Python work that grows with the cell tree and, for a small
+model's decode step, rivals the step's own kernel time. MindSpore's predict mode, made for LLM decoding,
 skips it: a cell whose ``phase`` is ``"increment"`` runs its compiled graph directly from the second call on
 (``Cell._predict``). That graph is the one compiled at the first call, whatever later inputs look like, so
 ``StaticGraph`` keeps one such cell per input signature (shapes, dtypes, and the values of non-tensor arguments).

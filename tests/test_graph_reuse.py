@@ -41,3 +41,7 @@ def test_dit_cond_and_uncond_share_one_graph_across_prompt_lengths(pipe):
         pipe(prompt, height=64, width=64, num_inference_steps=1, progress=False)
     assert static_graph(pipe.transformer, "denoise_step").compiled_graphs == 1
     assert static_graph(pipe.transformer, "prepare_denoising").compiled_graphs == 1
+    # another step count: only the small graph that embeds every step's time compiles again, not the DiT step
+    pipe('a sign "hi"', height=64, width=64, num_inference_steps=2, progress=False)
+    assert static_graph(pipe.transformer, "denoise_step").compiled_graphs == 1
+    assert static_graph(pipe.transformer, "prepare_denoising").compiled_graphs == 2

@@ -154,6 +154,7 @@ def _device_loop(transformer, scheduler, latents, prior_ids, passes, timesteps, 
     prior, text, temb = static_graph(transformer, "prepare_denoising")(
         glyph, prior_id, prior_drop, Tensor(step_t.reshape(-1)), Tensor(np.tile(target, (steps, 1))),
         Tensor(np.tile(crop, (steps, 1))))
+    temb = mint.unbind(temb, 0)  # one (rows, D) tensor a step: the step graph stays the same for any step count
     cache = (() if kv_cache is None else
              kv_cache.read_inputs_guided(batch) if guided else kv_cache.read_inputs(batch))
     sigmas, guidance = Tensor(scheduler.sigmas), Tensor(np.float32(cfg.guidance_scale))
@@ -162,7 +163,7 @@ def _device_loop(transformer, scheduler, latents, prior_ids, passes, timesteps, 
     # 2. the loop: one DiT call and one step graph per step, nothing read back
     x, record = graph_input("latents", latents, ms.float32), Tensor(np.array([-1, 0], np.int32))
     for i in tqdm(range(steps), desc="denoise", disable=not cfg.progress):
-        velocity = dit(model_input, prior, text, temb, indices[i], rope_cos, rope_sin, text_bias, *cache)
+        velocity = dit(model_input, prior, text, temb[i], rope_cos, rope_sin, text_bias, *cache)
         x, model_input, record = step(velocity, x, sigmas, indices[i], guidance, record)
     # 3. one readback; the record only when something went non-finite
     final = x.asnumpy()

@@ -323,11 +323,12 @@ class GlmImageTransformer2DModel(nn.Cell):
         temb = self.time_condition_embed(timesteps, target_size, crop_coords)
         return prior, text, temb.reshape(-1, prior_token_id.shape[0], temb.shape[-1])
 
-    def denoise_step(self, hidden_states, prior, text, temb, index, rope_cos, rope_sin, text_bias=None,
-                     cache_key=None, cache_value=None, cache_bias=None):
-        """``construct``'s velocity at step ``index`` (a 0-d int32 tensor) from ``prepare_denoising``'s outputs."""
-        return self._blocks(hidden_states, prior, text, ops.gather(temb, index, 0), rope_cos, rope_sin, cache_key,
-                            cache_value, text_bias, False, cache_bias)
+    def denoise_step(self, hidden_states, prior, text, temb, rope_cos, rope_sin, text_bias=None, cache_key=None,
+                     cache_value=None, cache_bias=None):
+        """``construct``'s velocity from ``prepare_denoising``'s outputs, ``temb`` (B, time_embed_dim) the step's
+        row of its time embeddings (so the step's graph does not depend on the number of steps)."""
+        return self._blocks(hidden_states, prior, text, temb, rope_cos, rope_sin, cache_key, cache_value, text_bias,
+                            False, cache_bias)
 
     def _condition(self, encoder_hidden_states, prior_token_id, prior_token_drop):
         """Projected prior-token embeddings (zeroed where dropped) and projected glyph embeddings (None: no text)."""
