@@ -48,10 +48,12 @@ CASES = {
     # the DiT feed-forward's GELU(tanh) at 512 px (hidden 1024 x 4) and its per-head qk LayerNorm
     "dit_gelu_tanh_512px": {"op": "gelu", "shapes": {"x": (2, 1056, 4096)}},
     "dit_qk_layer_norm_512px": {"op": "layer_norm", "shapes": {"x": (2, 1056, 8, 128)}},
-    # the AR decode step's sampler over the real model's 16384 image ids (temperature 0.9, top-p 0.75: the
-    # generation config's; torch: transformers' order of the same filters and one multinomial draw)
-    "ar_sample_token": {"op": "sample_token", "shapes": {"logits": (1, 16384), "uniforms": (1, 1), "params": (4,),
-                                                         "limit": (1,)}},
+    # the AR decode step's sampler and its bookkeeping over the real model's 16384 image ids (temperature 0.9,
+    # top-p 0.75: the generation config's; torch: transformers' order of the same filters, one multinomial draw
+    # and its end-marker bookkeeping)
+    "ar_sample_step": {"op": "sample_step", "shapes": {"logits": (1, 16384), "index": (1,), "uniforms": (1, 2),
+                                                       "params": (4,), "limits": (2,), "finished": (1,),
+                                                       "flags": (3,), "tokens": (1, 2)}},
     # a VAE decoder conv at 256 px (the built-in Conv2D on every device: no twin, so composite = twin)
     "vae_conv3x3_256px": {"op": "conv2d", "shapes": {"x": (1, 32, 256, 256), "w": (32, 32, 3, 3), "b": (32,)}},
 }
@@ -68,10 +70,12 @@ def _inputs(spec: dict) -> dict:
 
     rng = np.random.default_rng(0)
     arrays = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in spec["shapes"].items()}
-    if spec["op"] == "sample_token":
+    if spec["op"] == "sample_step":
         arrays["uniforms"] = rng.random(spec["shapes"]["uniforms"]).astype(np.float32)
         arrays["params"] = np.array([0.9, 0, 0.75, 1], np.float32)
-        arrays["limit"] = np.array([spec["shapes"]["logits"][-1]], np.int32)
+        arrays["limits"] = np.full(spec["shapes"]["limits"], spec["shapes"]["logits"][-1], np.int32)
+        for name in ("index", "finished", "flags", "tokens"):
+            arrays[name] = np.zeros(spec["shapes"][name], np.int32)
     if "bias" in arrays:  # a padding mask: the first 4 keys of sample 0 masked
         arrays["bias"] = np.zeros_like(arrays["bias"])
         arrays["bias"][0, ..., :4] = _MASKED
@@ -90,7 +94,7 @@ def bench_ops(repeats: int) -> dict:
             self.fn = registry.resolve(op, "CPU", mode).fn
             self.layout = layout
 
-        def construct(self, a, b=None, c=None, d=None):
+        def construct(self, a, b=None, c=None, d=None, *rest):
             if self.op in ("rotary", "linear"):
                 return self.fn(a, b, c)
             if self.op == "swiglu":
@@ -101,8 +105,8 @@ def bench_ops(repeats: int) -> dict:
                 return self.fn(a, 1e-6)
             if self.op == "conv2d":
                 return self.fn(a, b, c, 1, 1)
-            if self.op == "sample_token":
-                return self.fn(a, b, c, d)
+            if self.op == "sample_step":
+                return self.fn(a, b, c, d, *rest, 2)
             if self.op == "attention":
                 return self.fn(a, b, c, 0.08838834764831845, d, self.layout)
             if self.op == "rms_norm":

@@ -15,7 +15,7 @@ from mindglm_image.config.ar import GlmImageConfig
 from mindglm_image.generation.decode_session import DecodeSession
 from mindglm_image.graph_inputs import graph_input
 from mindglm_image.models.ar.rope import MultimodalRotaryEmbedding, compute_rope_positions
-from mindglm_image.models.ar.text_model import GlmImageTextDecoderLayer, causal_key_mask
+from mindglm_image.models.ar.text_model import GlmImageTextDecoderLayer, causal_key_mask, key_order
 from mindglm_image.weights.checkpoint import ShardedCheckpoint
 from mindglm_image.weights.components import COMPONENTS
 from mindglm_image.weights.loading import load_tensors_into_cell
@@ -136,7 +136,7 @@ class _OneLayer(nn.Cell):
 
     def construct(self, hidden, position_ids):
         seq = hidden.shape[1]
-        mask = causal_key_mask(mint.ones((1, seq), dtype=ms.int32), mint.arange(seq, dtype=ms.int32))
+        mask = causal_key_mask(key_order(mint.ones((1, seq), dtype=ms.int32)), mint.arange(seq, dtype=ms.int32))
         cos, sin = self.rotary_emb(position_ids)
         return self.layers[0](hidden, cos, sin, mask)
 

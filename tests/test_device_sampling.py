@@ -16,6 +16,7 @@ from mindglm_image.pipeline.glm_image_pipeline import GlmImagePipeline
 from mindglm_image.tiny_model import make_tiny_model
 
 DRAWS = 6000
+END = 3  # the sampler cell's end marker
 CONFIGS = [SamplingConfig(), SamplingConfig(temperature=1.0, top_k=5, top_p=1.0),
            SamplingConfig(temperature=0.7, top_k=10, top_p=0.5), SamplingConfig(temperature=1.3, top_p=0.9)]
 
@@ -26,7 +27,7 @@ def sampler_cell(request):
     cell is built)."""
     with pytest.MonkeyPatch.context() as env:
         env.setenv("MINDGLM_KERNELS", request.param)
-        return DeviceTokenSampler()
+        return DeviceTokenSampler(END)
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +37,18 @@ def logits():
     return np.tile(row, (DRAWS, 1))
 
 
-def _device_draw(cell, logits: np.ndarray, uniforms: np.ndarray, config: SamplingConfig, limit: int | None = None):
-    limit = ms.Tensor(np.array([logits.shape[1] if limit is None else limit], np.int32))
-    tokens, non_finite = cell(ms.Tensor(logits), ms.Tensor(uniforms.astype(np.float32)), sampling_params(config), limit)
-    return tokens.asnumpy(), non_finite.asnumpy()
+def _device_draw(cell, logits: np.ndarray, uniforms: np.ndarray, config: SamplingConfig, limit: int | None = None,
+                 index: int = 0, finished=None, flags=(0, 0, 0)):
+    """One sampled step of token ``index`` for every row -> tokens (B,), finished (B,), flags (3,), token buffer."""
+    rows, steps = uniforms.shape
+    limits = np.full(steps, logits.shape[1] if limit is None else limit, np.int32)
+    finished = np.zeros(rows, np.int32) if finished is None else np.asarray(finished, np.int32)
+    out = cell(ms.Tensor(logits), ms.Tensor(np.array([index], np.int32)), ms.Tensor(uniforms.astype(np.float32)),
+               sampling_params(config), ms.Tensor(limits), ms.Tensor(finished), ms.Tensor(np.array(flags, np.int32)),
+               ms.Tensor(np.zeros((rows, steps), np.int32)))
+    token, finished, flags, tokens = (t.asnumpy() for t in out)
+    assert token.shape == (rows, 1)
+    return token[:, 0], finished, flags, tokens
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=["default", "topk", "topk_topp", "topp"])
@@ -48,7 +57,7 @@ def test_frequencies_match_numpy_sampler(sampler_cell, logits, config):
     for the same uniform both samplers pick the same token (they share the random stream)."""
     host = TokenSampler(config, row_seeds=range(DRAWS))
     uniforms = TokenSampler(config, row_seeds=range(DRAWS)).uniforms(DRAWS, 1)
-    tokens, _ = _device_draw(sampler_cell, logits, uniforms, config)
+    tokens, *_ = _device_draw(sampler_cell, logits, uniforms, config)
     assert np.mean(tokens == host(logits)) > 0.999  # only float32 rounding at a CDF boundary may differ
     scores = host.filtered_logits(logits[:1])[0].astype(np.float64)
     probs = np.exp(scores - scores.max())
@@ -64,7 +73,7 @@ def test_top_k_and_top_p_never_emit_an_excluded_token(sampler_cell, config):
     rng = np.random.default_rng(3)
     rows = (rng.standard_normal((8, 64)) * 1.5).astype(np.float32)
     logits = np.repeat(rows, DRAWS // 8, axis=0)
-    tokens, _ = _device_draw(sampler_cell, logits, rng.random((len(logits), 1)), config)
+    tokens, *_ = _device_draw(sampler_cell, logits, rng.random((len(logits), 1)), config)
     kept = np.isfinite(TokenSampler(config).filtered_logits(rows))
     sizes = []
     for r in range(len(rows)):
@@ -77,10 +86,28 @@ def test_top_k_and_top_p_never_emit_an_excluded_token(sampler_cell, config):
 
 def test_greedy_argmax_and_non_finite_count(sampler_cell):
     logits = np.array([[0.1, 2.0, -1.0, 0.5], [3.0, 0.0, 2.9, np.inf], [np.nan, 1.0, np.nan, 0.0]], np.float32)
-    tokens, non_finite = _device_draw(sampler_cell, logits[:2, :3], np.full((2, 1), 0.5), SamplingConfig(do_sample=False))
+    tokens, _, flags, _ = _device_draw(sampler_cell, logits[:2, :3], np.full((2, 1), 0.5),
+                                       SamplingConfig(do_sample=False))
     np.testing.assert_array_equal(tokens, [1, 0])
-    _, non_finite = _device_draw(sampler_cell, logits, np.full((3, 1), 0.5), SamplingConfig())
-    np.testing.assert_array_equal(non_finite, [0, 1, 2])
+    assert flags.tolist() == [0, 0, 0]
+    _, _, flags, _ = _device_draw(sampler_cell, logits, np.full((3, 2), 0.5), SamplingConfig(), index=1)
+    assert flags.tolist() == [2, 3, 0]  # token 1 (1-based 2) is the first with non-finite logits: 0 + 1 + 2 of them
+    _, _, flags, _ = _device_draw(sampler_cell, logits, np.full((3, 3), 0.5), SamplingConfig(), index=2, flags=(2, 3, 0))
+    assert flags.tolist() == [2, 3, 0]  # the first occurrence is kept
+
+
+def test_step_bookkeeping(sampler_cell):
+    """A finished row keeps emitting the end marker, a row that samples it finishes, the token lands in its
+    column of the buffer, and the last flag says when every row has finished."""
+    logits = np.full((3, 6), -5.0, np.float32)
+    logits[0, 4], logits[1, END], logits[2, 1] = 5.0, 5.0, 5.0  # each row's best id
+    greedy = SamplingConfig(do_sample=False)
+    tokens, finished, flags, buffer = _device_draw(sampler_cell, logits, np.full((3, 4), 0.5), greedy, index=2,
+                                                   finished=[0, 0, 1])
+    assert tokens.tolist() == [4, END, END] and finished.tolist() == [0, 1, 1] and flags.tolist() == [0, 0, 0]
+    assert buffer[:, 2].tolist() == [4, END, END] and (np.delete(buffer, 2, axis=1) == 0).all()
+    _, finished, flags, _ = _device_draw(sampler_cell, logits[[1]], np.full((1, 4), 0.5), greedy, index=3)
+    assert finished.tolist() == [1] and flags.tolist() == [0, 0, 1]
 
 
 def test_row_uniforms_depend_on_their_own_seed_only():
@@ -102,9 +129,9 @@ def test_limit_excludes_the_ids_above_it_as_the_numpy_sampler(sampler_cell, logi
     rows[:, order[-16:]], rows[:, order[:16]] = rows[:, order[:16]], rows[:, order[-16:]]  # best ids last
     rows = np.concatenate([rows[:, 16:], rows[:, :16]], axis=1)
     uniforms = TokenSampler(config, row_seeds=range(2000)).uniforms(2000, 1)
-    tokens, non_finite = _device_draw(sampler_cell, rows, uniforms, config, limit)
+    tokens, _, flags, _ = _device_draw(sampler_cell, rows, uniforms, config, limit)
     host = TokenSampler(config, row_seeds=range(2000))(rows, limit)
-    assert tokens.max() < limit and (non_finite == 0).all()
+    assert tokens.max() < limit and flags[0] == 0
     assert np.mean(tokens == host) > 0.999
     if not config.do_sample:
         assert (tokens == np.argmax(rows[:, :limit], -1)).all()

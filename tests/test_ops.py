@@ -65,13 +65,13 @@ def test_mode_defaults_and_bad_value(monkeypatch):
 def test_cpu_fused_resolution():
     """CPU twins where they exist (every op with an Ascend built-in, and GeLU), the composite elsewhere."""
     kinds = {op: registry.kind_of(op, "CPU", "fused")
-             for op in (*ASCEND, "gelu", "sample_token", "conv2d", "adamw_ema")}
+             for op in (*ASCEND, "gelu", "sample_step", "conv2d", "adamw_ema")}
     assert kinds == {"attention": "cpu_twin", "rms_norm": "cpu_twin", "add_rms_norm": "cpu_twin",
                      "ada_layer_norm": "cpu_twin", "layer_norm": "cpu_twin", "rotary": "cpu_twin",
-                     "swiglu": "cpu_twin", "linear": "cpu_twin", "gelu": "cpu_twin", "sample_token": "cpu_twin",
+                     "swiglu": "cpu_twin", "linear": "cpu_twin", "gelu": "cpu_twin", "sample_step": "cpu_twin",
                      "conv2d": "composite", "adamw_ema": "composite"}
     assert registry.resolve("gelu", "Ascend", "fused").fn is gelu.gelu  # the built-in kernel there
-    assert registry.resolve("sample_token", "Ascend", "fused").fn is sample_token.sample_token  # no fused op
+    assert registry.resolve("sample_step", "Ascend", "fused").fn is sample_token.sample_step  # no fused op
 
 
 def test_missing_compiler_falls_back(monkeypatch, tmp_path, caplog):
@@ -188,27 +188,37 @@ def test_rotary_and_swiglu_twins(x_shape, table_shape, parity_report):
 
 
 @pytest.mark.parametrize("vocab", [7, 264, 1031])  # odd sizes; 264: the tiny model's image vocabulary
-def test_sample_token_twin(vocab):
-    """The SampleToken kernel picks the composite's token for every row of 64 random logits under each
-    filter setting (sampling, top-k, top-k + top-p, greedy), with and without a limit, and counts the same
-    non-finite logits (rows with NaN / inf among ids the limit excludes)."""
+def test_sample_step_twin(vocab):
+    """The SampleStep kernel picks the composite's token for every row of 64 random logits under each
+    filter setting (sampling, top-k, top-k + top-p, greedy), with and without a limit, and keeps the same
+    books: finished rows (some already, some by sampling the end marker), the non-finite flags (rows with
+    NaN / inf among ids the limit excludes; a first occurrence already flagged is kept) and the token buffer."""
     rng = np.random.default_rng(4)
     logits = rng.standard_normal((64, vocab)).astype(np.float32) * 3
     logits[3, -1], logits[5, -2:] = np.nan, np.inf  # past the limit below: never picked, still counted
-    uniforms = Tensor(rng.random((64, 1)).astype(np.float32))
+    logits[7, 2] = 50.0  # row 7 picks the end marker (id 2) under every setting
+    steps, end = 5, 2
+    uniforms = Tensor(rng.random((64, steps)).astype(np.float32))
+    finished = Tensor((np.arange(64) % 9 == 0).astype(np.int32))
+    buffer = Tensor(rng.integers(0, vocab, (64, steps)).astype(np.int32))
     settings = [(0.9, 0, 0.75, 1), (1.0, 5, 1.0, 1), (0.7, 10, 0.5, 1), (1.3, 0, 0.9, 1), (1.0, 0, 1.0, 0)]
     for temperature, top_k, top_p, sample in settings:
         params = Tensor(np.array([temperature, top_k, top_p, sample], np.float32))
-        for limit in (vocab, vocab - 3):
-            args = (Tensor(logits if limit < vocab else np.nan_to_num(logits)), uniforms, params,
-                    Tensor(np.array([limit], np.int32)))
-            (tokens, bad), (twin_tokens, twin_bad) = _both("sample_token", args)
-            assert twin_tokens.dtype == tokens.dtype == ms.int32
-            np.testing.assert_array_equal(twin_tokens.asnumpy(), tokens.asnumpy())
-            np.testing.assert_array_equal(twin_bad.asnumpy(), bad.asnumpy())
-            assert twin_tokens.asnumpy().max() < limit
+        for limit, flags in ((vocab, (0, 0, 0)), (vocab - 3, (0, 0, 0)), (vocab - 3, (2, 7, 0))):
+            limits = np.full(steps, vocab, np.int32)
+            limits[3] = limit
+            args = (Tensor(logits if limit < vocab else np.nan_to_num(logits)), Tensor(np.array([3], np.int32)),
+                    uniforms, params, Tensor(limits), finished, Tensor(np.array(flags, np.int32)), buffer)
+            composite, twin = _both("sample_step", args, end)
+            for a, b in zip(composite, twin):
+                assert a.dtype == b.dtype == ms.int32
+                np.testing.assert_array_equal(b.asnumpy(), a.asnumpy())
+            token, now_finished, new_flags, tokens = (t.asnumpy() for t in twin)
+            assert token[:, 0].max() < limit and token[7, 0] == end and (token[::9, 0] == end).all()
+            assert now_finished[7] == 1 and (tokens[:, 3] == token[:, 0]).all()
+            assert (np.delete(tokens, 3, axis=1) == np.delete(buffer.asnumpy(), 3, axis=1)).all()
             if limit < vocab:
-                assert twin_bad.asnumpy()[[3, 5]].tolist() == [1, 2]
+                assert new_flags.tolist()[:2] == ([4, 3] if flags[0] == 0 else [2, 7])
 
 
 def _causal(batch, seq, keys, valid):

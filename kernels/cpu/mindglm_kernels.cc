@@ -332,6 +332,54 @@ int attention(int nparam, void **params, int *ndims, int64_t **shapes, bool bsnd
   return 0;
 }
 
+// ops/sample_token.py's rules for one row of V logits: returns the token, sets `bad` to the row's non-finite
+// count. cfg: temperature, top_k (0: off), top_p, 1 to sample (else the argmax, first of equal maxima). Ids at
+// or above limit are -inf. Sampling: scores = logits / temperature, sorted ascending; top-k keeps scores >= the
+// k-th largest; top-p drops the ascending prefix whose softmax mass (cumulated in order) is <= 1 - top_p, never
+// the last; the kept scores' softmax in vocabulary order is cumulated and the token is the number of entries
+// below u times the total (at most V - 1), i.e. the first whose cumulative mass reaches u.
+int32_t sample_row(const float *x, int64_t V, int64_t limit, const float *cfg, float u, int32_t &bad) {
+  bad = 0;
+  int64_t best = 0;
+  for (int64_t i = 0; i < V; ++i) {
+    bad += !std::isfinite(x[i]);
+    const float xi = i < limit ? x[i] : -INFINITY, xb = best < limit ? x[best] : -INFINITY;
+    if (xi > xb) best = i;
+  }
+  if (cfg[3] <= 0) return static_cast<int32_t>(best);
+  const float temperature = cfg[0], top_p = cfg[2];
+  const int64_t k = cfg[1] > 0 ? static_cast<int64_t>(std::min(cfg[1], static_cast<float>(V))) : V;
+  std::vector<float> scores(V), ascending(V), cdf(V);
+  for (int64_t i = 0; i < V; ++i) scores[i] = (i < limit ? x[i] : -INFINITY) / temperature;
+  ascending = scores;
+  std::sort(ascending.begin(), ascending.end());
+  // 1. top-k: the k-th largest score; 2. top-p: the smallest kept score of the ascending order
+  const float kth = ascending[V - k];
+  for (float &a : ascending) a = a < kth ? -INFINITY : a;
+  const float top = ascending[V - 1];
+  double total = 0.0;
+  for (int64_t i = 0; i < V; ++i) total += std::exp(ascending[i] - top);
+  float cumulative = 0.f;
+  int64_t dropped = 0;
+  for (int64_t i = 0; i + 1 < V; ++i) {
+    cumulative += static_cast<float>(std::exp(ascending[i] - top) / total);
+    dropped += cumulative <= 1.f - top_p;
+  }
+  const float threshold = std::max(ascending[dropped], kth);
+  // 3. inverse CDF over the kept scores in vocabulary order
+  float running = 0.f;
+  double kept_total = 0.0;
+  for (int64_t i = 0; i < V; ++i) kept_total += scores[i] >= threshold ? std::exp(scores[i] - top) : 0.0;
+  for (int64_t i = 0; i < V; ++i) {
+    running += scores[i] >= threshold ? static_cast<float>(std::exp(scores[i] - top) / kept_total) : 0.f;
+    cdf[i] = running;
+  }
+  const float target = u * cdf[V - 1];
+  int64_t picked = 0;
+  for (int64_t i = 0; i < V; ++i) picked += cdf[i] < target;
+  return static_cast<int32_t>(std::min(picked, V - 1));
+}
+
 }  // namespace
 
 extern "C" {
@@ -537,69 +585,48 @@ int SwiGlu(int nparam, void **params, int *ndims, int64_t **shapes, const char *
   return 0;
 }
 
-// SampleToken(logits (B, V), uniforms (B, 1), params (4), limit (1) int32) -> (token (B,) int32, non_finite (B,)
-// int32): ops/sample_token.py's rules, a row per thread. params: temperature, top_k (0: off), top_p, 1 to sample
-// (else the argmax, first of equal maxima). Ids at or above limit are -inf; non_finite counts the row's
-// non-finite logits. Sampling: scores = logits / temperature, sorted ascending; top-k keeps scores >= the
-// k-th largest; top-p drops the ascending prefix whose softmax mass (cumulated in order) is <= 1 - top_p, never
-// the last; the kept scores' softmax in vocabulary order is cumulated and the token is the number of entries
-// below u times the total (at most V - 1), i.e. the first whose cumulative mass reaches u.
-int SampleToken(int nparam, void **params, int *, int64_t **shapes, const char **, void *, void *) {
-  if (nparam != 6) return 1;
+// SampleStep(logits (B, V), index (1,), uniforms (B, N), params (4), limits (N,), finished (B,), flags (3,),
+// tokens (B, N), end (1,); all int32 but logits/uniforms/params) -> (token (B, 1), finished, flags, tokens):
+// ops/sample_token.py's sample_step. Token `index` of each row is sampled (sample_row) with uniform
+// uniforms[:, index] among the ids below limits[index], a row already finished emits `end`, and the
+// bookkeeping follows: finished |= token == end; flags = (1-based index of the first token whose logits had
+// non-finite values, their count then, 1 when every row has finished); tokens[:, index] = token.
+int SampleStep(int nparam, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  if (nparam != 13) return 1;
   const float *logits = static_cast<const float *>(params[0]);
-  const float *uniforms = static_cast<const float *>(params[1]);
-  const float *cfg = static_cast<const float *>(params[2]);
-  const int64_t B = shapes[0][0], V = shapes[0][1];
-  const int64_t limit = std::min<int64_t>(*static_cast<const int32_t *>(params[3]), V);
-  int32_t *token = static_cast<int32_t *>(params[4]);
-  int32_t *non_finite = static_cast<int32_t *>(params[5]);
-  const float temperature = cfg[0], top_p = cfg[2];
-  const int64_t k = cfg[1] > 0 ? static_cast<int64_t>(std::min(cfg[1], static_cast<float>(V))) : V;
+  const int64_t index = *static_cast<const int32_t *>(params[1]);
+  const float *uniforms = static_cast<const float *>(params[2]);
+  const float *cfg = static_cast<const float *>(params[3]);
+  const int32_t *limits = static_cast<const int32_t *>(params[4]);
+  const int32_t *finished = static_cast<const int32_t *>(params[5]);
+  const int32_t *flags = static_cast<const int32_t *>(params[6]);
+  const int32_t *tokens = static_cast<const int32_t *>(params[7]);
+  const int32_t end = *static_cast<const int32_t *>(params[8]);
+  int32_t *token_out = static_cast<int32_t *>(params[9]);
+  int32_t *finished_out = static_cast<int32_t *>(params[10]);
+  int32_t *flags_out = static_cast<int32_t *>(params[11]);
+  int32_t *tokens_out = static_cast<int32_t *>(params[12]);
+  const int64_t B = shapes[0][0], V = shapes[0][1], N = shapes[2][1];
+  if (index < 0 || index >= N) return 1;
+  const int64_t limit = std::min<int64_t>(limits[index], V);
+  std::vector<int32_t> bad(B);
 #pragma omp parallel for schedule(static) if (B * V > 65536)
   for (int64_t b = 0; b < B; ++b) {
-    const float *x = logits + b * V;
-    int32_t bad = 0;
-    int64_t best = 0;
-    for (int64_t i = 0; i < V; ++i) {
-      bad += !std::isfinite(x[i]);
-      const float xi = i < limit ? x[i] : -INFINITY, xb = best < limit ? x[best] : -INFINITY;
-      if (xi > xb) best = i;
-    }
-    non_finite[b] = bad;
-    if (cfg[3] <= 0) {
-      token[b] = static_cast<int32_t>(best);
-      continue;
-    }
-    std::vector<float> scores(V), ascending(V), cdf(V);
-    for (int64_t i = 0; i < V; ++i) scores[i] = (i < limit ? x[i] : -INFINITY) / temperature;
-    ascending = scores;
-    std::sort(ascending.begin(), ascending.end());
-    // 1. top-k: the k-th largest score; 2. top-p: the smallest kept score of the ascending order
-    const float kth = ascending[V - k];
-    for (float &a : ascending) a = a < kth ? -INFINITY : a;
-    const float top = ascending[V - 1];
-    double total = 0.0;
-    for (int64_t i = 0; i < V; ++i) total += std::exp(ascending[i] - top);
-    float cumulative = 0.f;
-    int64_t dropped = 0;
-    for (int64_t i = 0; i + 1 < V; ++i) {
-      cumulative += static_cast<float>(std::exp(ascending[i] - top) / total);
-      dropped += cumulative <= 1.f - top_p;
-    }
-    const float threshold = std::max(ascending[dropped], kth);
-    // 3. inverse CDF over the kept scores in vocabulary order
-    float running = 0.f;
-    double kept_total = 0.0;
-    for (int64_t i = 0; i < V; ++i) kept_total += scores[i] >= threshold ? std::exp(scores[i] - top) : 0.0;
-    for (int64_t i = 0; i < V; ++i) {
-      running += scores[i] >= threshold ? static_cast<float>(std::exp(scores[i] - top) / kept_total) : 0.f;
-      cdf[i] = running;
-    }
-    const float target = uniforms[b] * cdf[V - 1];
-    int64_t picked = 0;
-    for (int64_t i = 0; i < V; ++i) picked += cdf[i] < target;
-    token[b] = static_cast<int32_t>(std::min(picked, V - 1));
+    const int32_t t = sample_row(logits + b * V, V, limit, cfg, uniforms[b * N + index], bad[b]);
+    token_out[b] = finished[b] ? end : t;
   }
+  int32_t bad_total = 0, all_finished = 1;
+  std::memcpy(tokens_out, tokens, sizeof(int32_t) * B * N);
+  for (int64_t b = 0; b < B; ++b) {
+    bad_total += bad[b];
+    finished_out[b] = finished[b] || token_out[b] == end;
+    all_finished &= finished_out[b];
+    tokens_out[b * N + index] = token_out[b];
+  }
+  const bool first = flags[0] == 0 && bad_total > 0;
+  flags_out[0] = first ? static_cast<int32_t>(index + 1) : flags[0];
+  flags_out[1] = first ? bad_total : flags[1];
+  flags_out[2] = all_finished;
   return 0;
 }
 

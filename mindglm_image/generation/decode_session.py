@@ -7,7 +7,9 @@ Two ways to run it:
 * ``sample_prefill`` / ``sample_step`` sample on the device (``DeviceTokenSampler``) and keep everything
   a step needs on the device (``DecodeState``): the last token, the step counter, the finished rows,
   the non-finite flags and the token buffer are graph outputs fed to the next step; the positions and
-  uniforms of the whole generation are uploaded once. Nothing is read back until the caller asks.
+  uniforms of the whole generation are uploaded once, and the prefill graph plans the loop (every step's
+  rotary rows, the cache's key order: ``plan_decode``), so a step adds ~10 kernels to the model's layers.
+  Nothing is read back until the caller asks.
 
 Inputs may be numpy arrays or Tensors (``graph_input``); every decode step reuses one graph, called through
 ``StaticGraph`` (no per-call Python checks).
@@ -29,9 +31,13 @@ from .device_sampling import DeviceTokenSampler
 
 
 class CachedLM(Protocol):
-    """What ``DecodeSession`` needs from a model: a graph-traceable cached forward returning last-token logits."""
+    """What ``DecodeSession`` needs from a model: graph-traceable cached forwards returning last-token logits."""
 
     def cached_logits(self, input_ids, position_ids, cache_position, attention_mask, keys, values, key_mask): ...
+
+    def plan_decode(self, positions, start, key_mask): ...
+
+    def decode_logits(self, token, step, start, plan, keys, values): ...
 
 
 class _CachedStep(nn.Cell):
@@ -50,52 +56,41 @@ class _CachedStep(nn.Cell):
                                         self.cache.keys, self.cache.values, self.cache.key_mask)
 
 
-class _SampledStep(nn.Cell):
-    """Shared tail of the sampling graphs: logits -> token, end-marker and non-finite bookkeeping."""
+class _SampledPrefill(nn.Cell):
+    """Prompt in: fills the cache, plans the decode loop (``plan_decode``: rotary tables, key order) and
+    samples token 0; out: a fresh ``DecodeState`` and the plan."""
 
     def __init__(self, model: nn.Cell, cache: StaticKVCache, end_token_id: int):
         super().__init__(auto_prefix=False)
         self.step = _CachedStep(model, cache)
-        self.sampler = DeviceTokenSampler()
-        self.end_token_id = end_token_id
+        self.sampler = DeviceTokenSampler(end_token_id)
 
-    def select(self, logits, index, uniforms, params, limits, finished, flags, tokens):
-        """Sample token ``index`` (1,) of every row among the ids below ``limits[index]``; a finished row
-        keeps emitting the end marker.
-
-        ``flags`` (3,) int32: 1-based index of the first token whose logits were not finite (0: none), the
-        number of non-finite logits then, 1 when every row has finished.
-        """
-        token, non_finite = self.sampler(logits, ops.gather(uniforms, index, 1), params, ops.gather(limits, index, 0))
-        token = ops.where(finished, self.end_token_id, token).astype(ms.int32)
-        finished = ops.logical_or(finished, token == self.end_token_id)
-        bad = non_finite.sum().astype(ms.int32)
-        first = ops.logical_and(flags[0] == 0, bad > 0)
-        flags = ops.stack((ops.where(first, index[0] + 1, flags[0]), ops.where(first, bad, flags[1]),
-                           finished.all().astype(ms.int32)))
-        column = mint.arange(tokens.shape[1], dtype=ms.int32).reshape(1, -1) == index.reshape(1, 1)
-        tokens = ops.where(column, token.reshape(-1, 1), tokens)
-        return token.reshape(-1, 1), index, finished, flags, tokens
-
-
-class _SampledPrefill(_SampledStep):
-    """Prompt in, first sampled token and a fresh ``DecodeState`` out."""
-
-    def construct(self, input_ids, position_ids, cache_position, attention_mask, uniforms, params, limits):
+    def construct(self, input_ids, position_ids, cache_position, attention_mask, positions, start, uniforms, params,
+                  limits):
         logits = self.step(input_ids, position_ids, cache_position, attention_mask)
+        plan = self.step.model.plan_decode(positions, start, self.step.cache.key_mask)
+        index = mint.zeros((1,), dtype=ms.int32)
         batch = input_ids.shape[0]
-        return self.select(logits, mint.zeros((1,), dtype=ms.int32), uniforms, params, limits,
-                           mint.zeros((batch,), dtype=ms.bool_), mint.zeros((3,), dtype=ms.int32),
-                           mint.zeros(uniforms.shape, dtype=ms.int32))
+        state = self.sampler(logits, index, uniforms, params, limits, mint.zeros((batch,), dtype=ms.int32),
+                             mint.zeros((3,), dtype=ms.int32), mint.zeros(uniforms.shape, dtype=ms.int32))
+        return (state[0], index, *state[1:], *plan)
 
 
-class _SampledDecode(_SampledStep):
-    """Feeds the last sampled token (index ``step``) and samples the next one, reading its position and
-    uniform from the generation's tables by the device-side step counter."""
+class _SampledDecode(nn.Cell):
+    """Feeds the last sampled token (index ``step``) and samples the next one; its rotary rows and mask come
+    from the plan, its uniform and limit from the generation's tables, by the device-side step counter."""
 
-    def construct(self, token, step, finished, flags, tokens, positions, uniforms, start, params, limits):
-        logits = self.step(token, ops.gather(positions, step, 2), start + step, mint.ones_like(token))
-        return self.select(logits, step + 1, uniforms, params, limits, finished, flags, tokens)
+    def __init__(self, model: nn.Cell, cache: StaticKVCache, end_token_id: int):
+        super().__init__(auto_prefix=False)
+        self.model = model
+        self.cache = cache
+        self.sampler = DeviceTokenSampler(end_token_id)
+
+    def construct(self, token, step, finished, flags, tokens, cos, sin, order, uniforms, start, params, limits):
+        logits = self.model.decode_logits(token, step, start, (cos, sin, order), self.cache.keys, self.cache.values)
+        index = step + 1
+        token, finished, flags, tokens = self.sampler(logits, index, uniforms, params, limits, finished, flags, tokens)
+        return token, index, finished, flags, tokens
 
 
 @dataclasses.dataclass
@@ -103,7 +98,7 @@ class DecodeState:
     """Device-resident state between sampled steps; read back only when the caller chooses."""
     token: Tensor     # (B, 1) int32 the last sampled token, fed at the next step
     step: Tensor      # (1,) int32 its index among the generated tokens
-    finished: Tensor  # (B,) bool rows that have emitted the end marker
+    finished: Tensor  # (B,) int32 1 for rows that have emitted the end marker
     flags: Tensor     # (3,) int32 first token with non-finite logits (1-based, 0: none), their count, all finished
     tokens: Tensor    # (B, N) int32 every sampled token so far (later columns 0)
 
@@ -118,7 +113,7 @@ class DecodeSession:
         with inference_cells():  # the sampler is never trained: its CPU twin by default
             self.sampling_prefill = StaticGraph(_SampledPrefill(model, cache, end_token_id))
             self.sampling_step = StaticGraph(_SampledDecode(model, cache, end_token_id))
-        self._tables: tuple[Tensor, ...] = ()  # the running generation's positions, uniforms, start, params, limits
+        self._tables: tuple[Tensor, ...] = ()  # the running generation's plan, uniforms, start, params, limits
         self._steps_left = 0
 
     @property
@@ -174,9 +169,11 @@ class DecodeSession:
         u = graph_input("uniforms", uniforms, ms.float32, (batch, steps))
         limits = graph_input("limits", np.full(steps, np.iinfo(np.int32).max) if limits is None else limits,
                              ms.int32, (steps,))
-        self._tables = (positions, u, Tensor(np.array([self.cache.length], np.int32)), params, limits)
+        start = Tensor(np.array([self.cache.length], np.int32))  # the cache slot of the first fed-back token
+        out = self.sampling_prefill(*inputs, positions, start, u, params, limits)
+        self._tables = (*out[5:], u, start, params, limits)  # the plan (cos, sin, key order), then the tables
         self._steps_left = steps - 1
-        return DecodeState(*self.sampling_prefill(*inputs, u, params, limits))
+        return DecodeState(*out[:5])
 
     def sample_step(self, state: DecodeState) -> DecodeState:
         """Feed ``state.token`` and sample the next token on the device; nothing is read back."""

@@ -28,14 +28,16 @@ def sampling_params(config: SamplingConfig) -> Tensor:
 
 
 class DeviceTokenSampler(nn.Cell):
-    """``(logits (B, V), uniforms (B, 1), params (4,), limit (1,))`` -> token ids (B,) int32 and the number
-    of non-finite logits per row (B,) int32 (the in-graph half of ``finite.check_finite``). Only ids below
-    ``limit`` can be picked (``limit`` = V: any id), as ``TokenSampler``'s ``allowed``. The rules are the
-    ops layer's ``sample_token`` (a C++ twin on CPU)."""
+    """One decode step's token selection: ``(logits (B, V), index (1,), uniforms (B, N), params (4,), limits (N,),
+    finished (B,), flags (3,), tokens (B, N))`` -> the token (B, 1) and the updated ``finished``, ``flags`` and
+    ``tokens`` (all int32; see ``ops.sample_token.sample_step``). Token ``index`` is picked among the ids below
+    ``limits[index]`` (V: any id), as ``TokenSampler``'s ``allowed``; ``flags`` carry the in-graph half of
+    ``finite.check_finite``. The rules are the ops layer's ``sample_step`` (a C++ twin on CPU)."""
 
-    def __init__(self):
+    def __init__(self, end_token_id: int):
         super().__init__()
-        self.sample_token = resolve("sample_token").fn
+        self.end_token_id = end_token_id  # a row that sampled it keeps emitting it
+        self.sample_step = resolve("sample_step").fn
 
-    def construct(self, logits, uniforms, params, limit):
-        return self.sample_token(logits, uniforms, params, limit)
+    def construct(self, logits, index, uniforms, params, limits, finished, flags, tokens):
+        return self.sample_step(logits, index, uniforms, params, limits, finished, flags, tokens, self.end_token_id)

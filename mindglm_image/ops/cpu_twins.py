@@ -20,7 +20,7 @@ from pathlib import Path
 import mindspore as ms
 from mindspore import mint, nn, ops
 
-from . import attention, gated_activation, gelu, layer_norm, linear, rms_norm, rotary, sample_token
+from . import attention, gated_activation, gelu, layer_norm, linear, rms_norm, rotary
 
 SOURCE = Path(__file__).resolve().parents[2] / "kernels" / "cpu" / "mindglm_kernels.cc"
 _FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
@@ -231,22 +231,25 @@ class SwiGluTwin(nn.Cell):
         return self.kernel(gate_up)
 
 
-class SampleTokenTwin(nn.Cell):
-    """``sample_token`` by the C++ kernel ``SampleToken``: one kernel where the composite runs about 30 (sort,
-    softmaxes, cumulative sums, gathers), each a kernel launch in a decode step."""
+class SampleStepTwin(nn.Cell):
+    """``sample_step`` by the C++ kernel ``SampleStep``: one kernel where the composite runs about 45 (sort,
+    softmaxes, cumulative sums, gathers, the end-marker and non-finite bookkeeping), each a kernel launch in a
+    decode step."""
 
     def __init__(self):
         super().__init__()
-        rows = lambda logits, *rest: ([logits[0]], [logits[0]])  # noqa: E731
-        self.kernel = _custom("SampleToken", rows, lambda *types: (ms.int32, ms.int32))
+        shapes = lambda logits, index, uniforms, params, limits, finished, flags, tokens, end: (  # noqa: E731
+            [logits[0], 1], finished, flags, tokens)
+        self.kernel = _custom("SampleStep", shapes, lambda *types: (ms.int32,) * 4)
 
-    def construct(self, logits, uniforms, params, limit):
-        return self.kernel(logits.astype(ms.float32), uniforms, params, limit)
+    def construct(self, logits, index, uniforms, params, limits, finished, flags, tokens, end_token_id: int):
+        end = ms.Tensor([end_token_id], ms.int32)  # a constant of the graph (mint.full would run a fill kernel)
+        return self.kernel(logits.astype(ms.float32), index, uniforms, params, limits, finished, flags, tokens, end)
 
 
 _TWINS = {"rms_norm": RmsNormTwin, "add_rms_norm": AddRmsNormTwin, "layer_norm": LayerNormTwin,
           "ada_layer_norm": AdaLayerNormTwin, "attention": AttentionTwin, "linear": LinearTwin, "rotary": RotaryTwin,
-          "swiglu": SwiGluTwin, "gelu": GeluTwin, "sample_token": SampleTokenTwin}
+          "swiglu": SwiGluTwin, "gelu": GeluTwin, "sample_step": SampleStepTwin}
 
 
 TWIN_TYPES = tuple(_TWINS.values())

@@ -50,7 +50,7 @@ _OPS: dict[str, tuple[Callable, Callable | None]] = {
     "rotary": (rotary.apply_rotary, rotary.apply_rotary_ascend),
     "swiglu": (gated_activation.swiglu, gated_activation.swiglu_ascend),
     "gelu": (gelu.gelu, None),  # the built-in GeLU on every device; a CPU twin for the tanh form
-    "sample_token": (sample_token.sample_token, None),  # no Ascend fused op: the composite on Ascend
+    "sample_step": (sample_token.sample_step, None),  # no Ascend fused op: the composite on Ascend
     "adamw_ema": (adamw_ema.AdamWEma, None),  # a Cell class: built with the optimizer's attributes (resolve)
 }
 # operator -> AscendC custom cell used on Ascend instead of the built-in when our op package is installed

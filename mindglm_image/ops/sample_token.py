@@ -1,5 +1,6 @@
 """Next-token selection inside the decode graph: ``TokenSampler``'s rules (temperature -> top-k -> top-p,
-inverse-CDF draw, or argmax) as one operator, so a decode step returns token ids instead of logits."""
+inverse-CDF draw, or argmax, ``sample_token``) and a decode step's bookkeeping around them (``sample_step``,
+the operator), so a decode step returns token ids instead of logits."""
 from __future__ import annotations
 
 import mindspore as ms
@@ -35,3 +36,25 @@ def sample_token(logits, uniforms, params, limit):
     picked = (cdf < uniforms * cdf[:, -1:]).astype(ms.int32).sum(-1)
     sampled = ops.minimum(picked, vocab - 1)
     return ops.where(params[3] > 0, sampled, greedy).astype(ms.int32), non_finite
+
+
+def sample_step(logits, index, uniforms, params, limits, finished, flags, tokens, end_token_id: int):
+    """One decode step's selection with its bookkeeping, so a sampled decode graph adds one operator, not ~25.
+
+    Token ``index`` (1,) int32 of every row is ``sample_token``'s pick with uniform ``uniforms[:, index]``
+    (uniforms (B, N)) among the ids below ``limits[index]`` (limits (N,) int32); a row already ``finished``
+    (B,) int32 emits ``end_token_id``. Returns the token (B, 1) int32, ``finished`` updated (1 once a row
+    emitted the end marker), ``flags`` (3,) int32 updated (1-based index of the first token whose logits had
+    non-finite values, 0 while none; their count then; 1 when every row has finished) and ``tokens`` (B, N)
+    int32 with column ``index`` written.
+    """
+    token, non_finite = sample_token(logits, ops.gather(uniforms, index, 1), params, ops.gather(limits, index, 0))
+    token = ops.where(finished > 0, end_token_id, token).astype(ms.int32)
+    finished = ops.logical_or(finished > 0, token == end_token_id).astype(ms.int32)
+    bad = non_finite.sum().astype(ms.int32)
+    first = ops.logical_and(flags[0] == 0, bad > 0)
+    flags = ops.stack((ops.where(first, index[0] + 1, flags[0]), ops.where(first, bad, flags[1]),
+                       finished.min().astype(ms.int32)))
+    column = mint.arange(tokens.shape[1], dtype=ms.int32).reshape(1, -1) == index.reshape(1, 1)
+    tokens = ops.where(column, token.reshape(-1, 1), tokens)
+    return token.reshape(-1, 1), finished, flags, tokens

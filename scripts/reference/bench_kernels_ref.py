@@ -44,14 +44,20 @@ def case(op, shapes, layout="BNSD"):
         return swiglu
     if op == "linear":
         return lambda: F.linear(t["x"], t["w"], t.get("b"))
-    if op == "sample_token":  # transformers' order: temperature, top-p (top-k off), softmax, one multinomial draw
+    if op == "sample_step":  # transformers' order: temperature, top-p (top-k off), softmax, one multinomial draw,
+        # then generate()'s bookkeeping: finished rows emit the end id, the token is appended, finished updated
+        unfinished = torch.ones(1, dtype=torch.long)
+        tokens = torch.zeros(1, 1, dtype=torch.long)
+
         def sample():
             scores = t["logits"] / 0.9
             ascending, order = scores.sort(-1)
             drop = ascending.softmax(-1).cumsum(-1) <= 1 - 0.75
             drop[..., -1] = False
             scores = scores.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-            return torch.multinomial(scores.softmax(-1), 1)
+            token = torch.multinomial(scores.softmax(-1), 1)[:, 0]
+            token = token * unfinished + 2 * (1 - unfinished)
+            return torch.cat((tokens, token[:, None]), -1), unfinished & (token != 2)
         return sample
     if op == "conv2d":
         return lambda: F.conv2d(t["x"], t["w"], t["b"], padding=1)

@@ -57,6 +57,15 @@ class GlmImageForConditionalGeneration(nn.Cell):
                                                           keys, values, key_mask)
         return self.lm_head(hidden[:, -1])
 
+    def plan_decode(self, positions, start, key_mask):
+        """Graph body run once before a sampled decode loop: ``GlmImageTextModel.plan_decode``."""
+        return self.model.language_model.plan_decode(positions, start, key_mask)
+
+    def decode_logits(self, token, step, start, plan, keys, values):
+        """Graph body of one planned decode step (``plan`` from ``plan_decode``): logits (B, V) of ``token`` (B, 1)."""
+        hidden = self.model.language_model.forward_decode(token, step, start, *plan, keys, values)
+        return self.lm_head(hidden[:, -1])
+
     def rope_positions(self, input_ids, image_grid_thw=None, images_per_sample=None,
                        attention_mask=None) -> RopePositions:
         """Prefill (3, B, L) and decode (B, 3, N) positions of a prompt batch, with this model's marker ids."""

@@ -7,6 +7,7 @@ RMSNorm -> fused gate/up SiLU MLP -> RMSNorm -> residual. Attention either runs 
 from __future__ import annotations
 
 import mindspore as ms
+import numpy as np
 from mindspore import mint, nn, ops
 
 from ...config.ar import GlmImageTextConfig
@@ -16,17 +17,24 @@ from ..layers import Embedding, Linear, RMSNorm
 from .kv_cache import kv_write_index, mask_write_index
 from .rope import MultimodalRotaryEmbedding
 
+_NEVER = int(np.iinfo(np.int32).max)  # key order of a slot no query may see
+# the two values of the mask bias as graph constants: Python floats in ops.where would each run a fill kernel
+_SEEN, _UNSEEN = ms.Tensor(0.0, ms.float32), ms.Tensor(MASKED, ms.float32)
 
-def causal_key_mask(key_valid, query_index):
-    """Additive fp32 bias (B, 1, S, K): query at absolute slot ``query_index`` (S,) may see key slot k <= it
-    if valid (0), every other key gets ``MASKED``.
 
-    ``key_valid`` (B, K) is nonzero for real tokens (0 for left padding and empty cache slots).
-    """
+def key_order(key_valid):
+    """(B, K) int32: each key slot's index where ``key_valid`` (B, K) is nonzero (a real token), int32 max where
+    it is 0 (left padding, an empty cache slot): a key is visible to the query at slot q iff its order <= q."""
     keys = key_valid.shape[1]
-    causal = mint.arange(keys, dtype=ms.int32).reshape(1, keys) <= query_index.astype(ms.int32).reshape(-1, 1)
-    visible = ops.logical_and(causal.reshape(1, 1, -1, keys), (key_valid != 0).reshape(key_valid.shape[0], 1, 1, keys))
-    return ops.where(visible, 0.0, MASKED).astype(ms.float32)
+    return ops.where(key_valid != 0, mint.arange(keys, dtype=ms.int32).reshape(1, keys), _NEVER).astype(ms.int32)
+
+
+def causal_key_mask(order, query_index):
+    """Additive fp32 bias (B, 1, S, K): query at absolute slot ``query_index`` (S,) may see key slot k <= it
+    if the slot holds a real token (0), every other key gets ``MASKED``. ``order`` (B, K) from ``key_order``."""
+    batch, keys = order.shape
+    visible = order.reshape(batch, 1, 1, keys) <= query_index.astype(ms.int32).reshape(1, 1, -1, 1)
+    return ops.where(visible, _SEEN, _UNSEEN)
 
 
 class GlmImageTextAttention(nn.Cell):
@@ -115,7 +123,7 @@ class GlmImageTextModel(nn.Cell):
     def construct(self, input_ids, position_ids, attention_mask):
         """Full causal forward: ids (B, L), positions (3, B, L), padding mask (B, L) -> hidden (B, L, hidden)."""
         seq = input_ids.shape[1]
-        mask = causal_key_mask(attention_mask, mint.arange(seq, dtype=ms.int32))
+        mask = causal_key_mask(key_order(attention_mask), mint.arange(seq, dtype=ms.int32))
         cos, sin = self.rotary_emb(position_ids)
         hidden = self.embed_tokens(input_ids)
         for layer in self.layers:
@@ -131,9 +139,38 @@ class GlmImageTextModel(nn.Cell):
         batch = input_ids.shape[0]
         key_mask = ops.scatter_nd_update(key_mask, mask_write_index(cache_position, batch),
                                          attention_mask.astype(ms.int32))
-        mask = causal_key_mask(key_mask, cache_position)
-        write_index = kv_write_index(cache_position, batch, self.num_kv_heads)
         cos, sin = self.rotary_emb(position_ids)
+        return self._cached_layers(input_ids, cos, sin, causal_key_mask(key_order(key_mask), cache_position),
+                                   cache_position, keys, values)
+
+    def plan_decode(self, positions, start, key_mask):
+        """Before a decode loop: what its steps would otherwise recompute every step.
+
+        ``positions`` (3, B, N): where decode step k's token sits (k < N - 1 are fed, at cache slots
+        ``start + k``, ``start`` (1,)). Marks those slots as real tokens in ``key_mask`` now (the causal
+        order hides each until its step) and returns the rotary tables cos, sin (B, N, rotary_dim) and the
+        cache's ``key_order`` (B, K), the inputs of ``forward_decode``.
+        """
+        steps = positions.shape[2] - 1
+        if steps > 0:  # static: a one-token generation feeds nothing back
+            slots = start + mint.arange(steps, dtype=ms.int32)
+            batch = key_mask.shape[0]
+            key_mask = ops.scatter_nd_update(key_mask, mask_write_index(slots, batch),
+                                             mint.ones((batch, steps), dtype=ms.int32))
+        cos, sin = self.rotary_emb(positions)
+        return cos, sin, key_order(key_mask)
+
+    def forward_decode(self, input_ids, step, start, cos, sin, order, keys, values):
+        """Decode step ``step`` (1,) of a loop planned by ``plan_decode``: token (B, 1) at slot ``start + step``
+        -> its hidden state (B, 1, hidden). The mask is two comparisons against the planned key order, and the
+        rotary rows are gathered from the planned tables (no per-step mask write or rotary maths)."""
+        slot = start + step
+        return self._cached_layers(input_ids, ops.gather(cos, step, 1), ops.gather(sin, step, 1),
+                                   causal_key_mask(order, slot), slot, keys, values)
+
+    def _cached_layers(self, input_ids, cos, sin, mask, cache_position, keys, values):
+        """The decoder layers over new tokens written at ``cache_position`` (S,), attending over every slot."""
+        write_index = kv_write_index(cache_position, input_ids.shape[0], self.num_kv_heads)
         hidden = self.embed_tokens(input_ids)
         for i in range(len(self.layers)):
             hidden = self.layers[i](hidden, cos, sin, mask, keys[i], values[i], write_index)
