@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from mindspore import Tensor, nn
 
-from mindglm_image.ops import (adamw_ema, ascendc, attention, cpu_twins, gated_activation, gelu, layer_norm,
-                                linear, registry, rms_norm, rotary, sample_token)
+from mindglm_image.ops import (adamw_ema, ascendc, attention, cpu_twins, gated_activation, gated_residual, gelu,
+                                layer_norm, linear, registry, rms_norm, rotary, sample_token)
 from mindglm_image.ops.attention import MASKED
 
 # operator -> (Ascend implementation, the MindSpore built-in it calls)
@@ -24,6 +24,7 @@ ASCEND = {
     "ada_layer_norm": (layer_norm.ada_layer_norm_ascend, ()),
     "rotary": (rotary.apply_rotary_ascend, ("rotary_position_embedding",)),
     "swiglu": (gated_activation.swiglu_ascend, ("swiglu",)),
+    "gated_residual": (gated_residual.gated_residual_ascend, ("addcmul",)),
     "linear": (linear.linear_ascend, ()),
 }
 
@@ -68,7 +69,7 @@ def test_cpu_fused_resolution():
              for op in (*ASCEND, "gelu", "sample_step", "conv2d", "adamw_ema")}
     assert kinds == {"attention": "cpu_twin", "rms_norm": "cpu_twin", "add_rms_norm": "cpu_twin",
                      "ada_layer_norm": "cpu_twin", "layer_norm": "cpu_twin", "rotary": "cpu_twin",
-                     "swiglu": "cpu_twin", "linear": "cpu_twin", "gelu": "cpu_twin", "sample_step": "cpu_twin",
+                     "swiglu": "cpu_twin", "gated_residual": "cpu_twin", "linear": "cpu_twin", "gelu": "cpu_twin", "sample_step": "cpu_twin",
                      "conv2d": "composite", "adamw_ema": "composite"}
     assert registry.resolve("gelu", "Ascend", "fused").fn is gelu.gelu  # the built-in kernel there
     assert registry.resolve("sample_step", "Ascend", "fused").fn is sample_token.sample_step  # no fused op
@@ -185,6 +186,19 @@ def test_rotary_and_swiglu_twins(x_shape, table_shape, parity_report):
     composite, twin = _both("swiglu", (gate_up,))
     assert twin.shape == x_shape
     _close(composite, twin, report=parity_report, name="swiglu")
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 16), (1, 3, 7), (2, 130, 300)])  # odd sizes; the last is multi-threaded
+def test_gated_residual_twin(shape, parity_report):
+    """x + y * gate: each sample's gate row scales every one of its tokens, as the composite."""
+    rng = np.random.default_rng(5)
+    x, y = (Tensor(rng.standard_normal(shape).astype(np.float32)) for _ in range(2))
+    gate = Tensor(rng.standard_normal((shape[0], shape[2])).astype(np.float32))
+    composite, twin = _both("gated_residual", (x, y, gate))
+    assert twin.shape == shape
+    expected = x.asnumpy() + y.asnumpy() * gate.asnumpy()[:, None, :]
+    np.testing.assert_allclose(composite.asnumpy(), expected, rtol=0, atol=0)
+    _close(composite, twin, report=parity_report, name="gated_residual")
 
 
 @pytest.mark.parametrize("vocab", [7, 264, 1031])  # odd sizes; 264: the tiny model's image vocabulary

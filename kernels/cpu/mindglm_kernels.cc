@@ -585,6 +585,26 @@ int SwiGlu(int nparam, void **params, int *ndims, int64_t **shapes, const char *
   return 0;
 }
 
+// GatedResidual(x (B, S, D), y (B, S, D), gate (B, D)) -> x + y * gate[b] on every token of sample b.
+int GatedResidual(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  if (nparam != 4 || ndims[0] != 3 || ndims[1] != 3 || ndims[2] != 2) return 1;
+  const float *x = static_cast<const float *>(params[0]);
+  const float *y = static_cast<const float *>(params[1]);
+  const float *gate = static_cast<const float *>(params[2]);
+  float *out = static_cast<float *>(params[3]);
+  const int64_t B = shapes[0][0], S = shapes[0][1], D = shapes[0][2];
+  if (shapes[1][0] != B || shapes[1][1] != S || shapes[1][2] != D || shapes[2][0] != B || shapes[2][1] != D) return 2;
+#pragma omp parallel for schedule(static) if (B * S * D > 65536)
+  for (int64_t row = 0; row < B * S; ++row) {
+    const float *g = gate + (row / S) * D;
+    const float *xr = x + row * D, *yr = y + row * D;
+    float *o = out + row * D;
+#pragma omp simd
+    for (int64_t j = 0; j < D; ++j) o[j] = xr[j] + yr[j] * g[j];
+  }
+  return 0;
+}
+
 // SampleStep(logits (B, V), index (1,), uniforms (B, N), params (4), limits (N,), finished (B,), flags (3,),
 // tokens (B, N), end (1,); all int32 but logits/uniforms/params) -> (token (B, 1), finished, flags, tokens):
 // ops/sample_token.py's sample_step. Token `index` of each row is sampled (sample_row) with uniform

@@ -20,7 +20,7 @@ from pathlib import Path
 import mindspore as ms
 from mindspore import mint, nn, ops
 
-from . import attention, gated_activation, gelu, layer_norm, linear, rms_norm, rotary
+from . import attention, gated_activation, gated_residual, gelu, layer_norm, linear, rms_norm, rotary
 
 SOURCE = Path(__file__).resolve().parents[2] / "kernels" / "cpu" / "mindglm_kernels.cc"
 _FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
@@ -231,6 +231,20 @@ class SwiGluTwin(nn.Cell):
         return self.kernel(gate_up)
 
 
+class GatedResidualTwin(nn.Cell):
+    """``gated_residual`` by the C++ kernel ``GatedResidual``: one pass where the composite runs ExpandDims,
+    BroadcastTo (a (B, S, D) copy of the gate), Mul and Add."""
+
+    def __init__(self):
+        super().__init__()
+        self.kernel = _custom("GatedResidual", lambda x, y, g: x, lambda x, y, g: x)
+
+    def construct(self, x, y, gate):
+        if x.dtype != ms.float32 or y.dtype != ms.float32 or gate.dtype != ms.float32:
+            return gated_residual.gated_residual(x, y, gate)
+        return self.kernel(x, y, gate)
+
+
 class SampleStepTwin(nn.Cell):
     """``sample_step`` by the C++ kernel ``SampleStep``: one kernel where the composite runs about 45 (sort,
     softmaxes, cumulative sums, gathers, the end-marker and non-finite bookkeeping), each a kernel launch in a
@@ -249,7 +263,7 @@ class SampleStepTwin(nn.Cell):
 
 _TWINS = {"rms_norm": RmsNormTwin, "add_rms_norm": AddRmsNormTwin, "layer_norm": LayerNormTwin,
           "ada_layer_norm": AdaLayerNormTwin, "attention": AttentionTwin, "linear": LinearTwin, "rotary": RotaryTwin,
-          "swiglu": SwiGluTwin, "gelu": GeluTwin, "sample_step": SampleStepTwin}
+          "swiglu": SwiGluTwin, "gated_residual": GatedResidualTwin, "gelu": GeluTwin, "sample_step": SampleStepTwin}
 
 
 TWIN_TYPES = tuple(_TWINS.values())

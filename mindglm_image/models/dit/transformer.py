@@ -225,11 +225,11 @@ class GlmImageTransformerBlock(nn.Cell):
         self.attn1 = GlmImageAttention(dim, heads, head_dim, dtype=dtype)
         self.ff = FeedForward(dim, dim, 4 * dim, "gelu-approximate", dtype=dtype)
         self.ada_layer_norm = resolve("ada_layer_norm").fn
+        self.gated_residual = resolve("gated_residual").fn
 
     def _feed_forward(self, x, shift_mlp, scale_mlp, gate_mlp):
         """x + gate_mlp * FF(adaLN(x; shift_mlp, scale_mlp))."""
-        out = self.ff(self.ada_layer_norm(x, shift_mlp, scale_mlp, _NORM_EPS))
-        return x + out * broadcast_like(gate_mlp.unsqueeze(1), out)
+        return self.gated_residual(x, self.ff(self.ada_layer_norm(x, shift_mlp, scale_mlp, _NORM_EPS)), gate_mlp)
 
     def construct(self, hidden_states, encoder_hidden_states, temb, rope_cos, rope_sin, cache_key, cache_value,
                   text_bias=None, cache_bias=None):
@@ -247,12 +247,11 @@ class GlmImageTransformerBlock(nn.Cell):
         attn_hidden_states, attn_encoder_hidden_states, key, value = self.attn1(
             norm_hidden_states, norm_encoder_hidden_states, rope_cos, rope_sin, cache_key, cache_value, text_bias,
             cache_bias)
-        hidden_states = hidden_states + attn_hidden_states * broadcast_like(gate_msa.unsqueeze(1), attn_hidden_states)
+        hidden_states = self.gated_residual(hidden_states, attn_hidden_states, gate_msa)
         # 4. modulated feed-forward, gated residual
         hidden_states = self._feed_forward(hidden_states, shift_mlp, scale_mlp, gate_mlp)
         if encoder_hidden_states is not None:
-            encoder_hidden_states = encoder_hidden_states + attn_encoder_hidden_states * broadcast_like(
-                c_gate_msa.unsqueeze(1), attn_encoder_hidden_states)
+            encoder_hidden_states = self.gated_residual(encoder_hidden_states, attn_encoder_hidden_states, c_gate_msa)
             encoder_hidden_states = self._feed_forward(encoder_hidden_states, c_shift_mlp, c_scale_mlp, c_gate_mlp)
         return hidden_states, encoder_hidden_states, key, value
 
