@@ -37,6 +37,9 @@ CASES = {
     "add_rms_norm": {"op": "add_rms_norm", "shapes": {"x": (2, 256, 1024), "r": (2, 256, 1024), "w": (1024,)}},
     "ada_layer_norm": {"op": "ada_layer_norm", "shapes": {"x": (2, 1056, 1024), "shift": (2, 1024),
                                                           "scale": (2, 1024)}},
+    # a DiT block's gated residual at 512 px (x + y * gate, one gate row per sample)
+    "dit_gated_residual_512px": {"op": "gated_residual", "shapes": {"x": (2, 1056, 1024), "y": (2, 1056, 1024),
+                                                                    "gate": (2, 1024)}},
     # AR decode projections against a 64 MB weight (beyond the 32 MB L3, as a whole model's weights are):
     # one prompt with a bias, and the engine's batch of 8 prompts
     "ar_decode_linear": {"op": "linear", "shapes": {"x": (1, 1, 1024), "w": (16384, 1024), "b": (16384,)}},
@@ -95,7 +98,7 @@ def bench_ops(repeats: int) -> dict:
             self.layout = layout
 
         def construct(self, a, b=None, c=None, d=None, *rest):
-            if self.op in ("rotary", "linear"):
+            if self.op in ("rotary", "linear", "gated_residual"):
                 return self.fn(a, b, c)
             if self.op == "swiglu":
                 return self.fn(a)

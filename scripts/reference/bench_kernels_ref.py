@@ -32,6 +32,8 @@ def case(op, shapes, layout="BNSD"):
     if op == "ada_layer_norm":
         return lambda: (F.layer_norm(t["x"], (t["x"].shape[-1],), eps=1e-5) * (1 + t["scale"].unsqueeze(1))
                         + t["shift"].unsqueeze(1))
+    if op == "gated_residual":  # diffusers' block: hidden_states + gate.unsqueeze(1) * output
+        return lambda: t["x"] + t["gate"].unsqueeze(1) * t["y"]
     if op == "rotary":
         def rotate():
             x1, x2 = t["x"].chunk(2, -1)
