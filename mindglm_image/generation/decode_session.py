@@ -21,7 +21,7 @@ from typing import Protocol
 
 import mindspore as ms
 import numpy as np
-from mindspore import Tensor, mint, nn, ops
+from mindspore import Tensor, mint, nn
 
 from ..graph_calls import StaticGraph
 from ..graph_inputs import graph_input
