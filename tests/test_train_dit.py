@@ -294,9 +294,11 @@ def test_fine_tune_learns_and_reproduces_its_images(tmp_path):
     load_trained_weights(summary["checkpoint"], pipe.transformer)
     after, after_picture = pixel_mse()
     floor = float(np.mean([np.mean((v - p) ** 2) for v, p in zip(shown, pictures)]))
-    print(f"loss {losses[0]:.4f} -> {losses[-1]:.4f}; pixel MSE of the drawings against the VAE's rendering of the "
+    print(f"median loss {np.median(losses[:50]):.4f} -> {np.median(losses[-50:]):.4f}; pixel MSE of the drawings against the VAE's rendering of the "
           f"pictures {before:.5f} -> {after:.5f}, against the pictures {before_picture:.5f} -> {after_picture:.5f} "
           f"(the VAE's own error {floor:.5f})")
-    assert losses[-1] < losses[0] / 3
+    # one step's loss depends on the timesteps it drew (0.05-0.9 here), so compare the medians of 50 steps: the
+    # demo DiT already denoises well, so its loss starts low and falls about twofold on the new pictures
+    assert np.median(losses[-50:]) < 0.6 * np.median(losses[:50])
     assert after < before / 10
     assert after_picture < before_picture / 2 and after_picture < 1.5 * floor
