@@ -32,15 +32,19 @@ def kernel_rows(out_dir: Path) -> list[dict]:
 
 
 def per_step(rows: list[dict], steps: int, wall_s: float) -> dict:
-    """Kernels that ran exactly ``steps`` times: count, kernel time per step, the commonest kernel types."""
+    """Kernels that ran exactly ``steps`` times: count, kernel time per step, and per kernel type its count and
+    milliseconds per step (most time first)."""
     mine = [r for r in rows if int(r["op_occurrences"]) == steps]
-    types: dict[str, int] = {}
+    types: dict[str, list] = {}
     for r in mine:
-        types[r["op_type"]] = types.get(r["op_type"], 0) + 1
-    kernel_ms = sum(float(r["op_total_time(ms)"]) for r in mine) / steps
+        count_ms = types.setdefault(r["op_type"], [0, 0.0])
+        count_ms[0] += 1
+        count_ms[1] += float(r["op_total_time(ms)"]) / steps
+    kernel_ms = sum(ms for _, ms in types.values())
     return {"steps": steps, "kernels_per_step": len(mine), "kernel_ms_per_step": round(kernel_ms, 3),
             "wall_ms_per_step": round(1000 * wall_s / steps, 3),
-            "kernel_types": dict(sorted(types.items(), key=lambda kv: -kv[1]))}
+            "kernel_types": {t: {"count": n, "ms": round(ms, 3)}
+                             for t, (n, ms) in sorted(types.items(), key=lambda kv: -kv[1][1])}}
 
 
 def main() -> None:
