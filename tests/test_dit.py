@@ -11,6 +11,7 @@ from mindglm_image.config.base import ConfigError
 from mindglm_image.config.dit import GlmImageTransformerConfig
 from mindglm_image.models.dit.kv_cache import GlmImageKVCache
 from mindglm_image.models.dit.prior_tokens import upsample_prior_tokens
+from mindglm_image.models.dit.rotary import rotary_tables
 from mindglm_image.models.dit.transformer import transformer_inputs
 from mindglm_image.weights.components import COMPONENTS
 from parity_utils import assert_parity, load_converted
@@ -105,6 +106,19 @@ def test_prior_token_upsampling_matches_pipeline(dit):
     assert np.array_equal(ours, a["upsample_out"])
     with pytest.raises(ValueError, match="3x5 = 15"):
         upsample_prior_tokens(a["upsample_grid"][:-1], 3, 5)
+
+
+def test_rotary_tables_leave_text_tokens_unrotated():
+    """The glyph tokens' rows in front of the patch grid are the identity (cos 1, sin 0), the grid's rows are
+    those of the grid alone: one rotary pass over [text | image] rotates the image tokens only."""
+    cos, sin = rotary_tables(8, 3, 5, text_tokens=4)
+    grid_cos, grid_sin = rotary_tables(8, 3, 5)
+    assert cos.shape == sin.shape == (19, 8) and grid_cos.shape == (15, 8)
+    assert np.array_equal(cos[:4], np.ones((4, 8))) and np.array_equal(sin[:4], np.zeros((4, 8)))
+    assert np.array_equal(cos[4:], grid_cos) and np.array_equal(sin[4:], grid_sin)
+    assert grid_cos[0, 0] == 1.0 and abs(grid_sin[14, 0] - np.sin(2.0)) < 1e-7  # patch (2, 4): row 2 at frequency 1
+    with pytest.raises(ValueError, match="-1 text tokens|after -1"):
+        rotary_tables(8, 3, 5, text_tokens=-1)
 
 
 def test_input_errors_name_the_problem(dit):

@@ -7,16 +7,21 @@ from __future__ import annotations
 import numpy as np
 
 
-def rotary_tables(head_dim: int, grid_h: int, grid_w: int, theta: float = 10000.0) -> tuple[np.ndarray, np.ndarray]:
-    """(cos, sin), each (grid_h * grid_w, head_dim) float32, for a row-major patch grid.
+def rotary_tables(head_dim: int, grid_h: int, grid_w: int, text_tokens: int = 0,
+                  theta: float = 10000.0) -> tuple[np.ndarray, np.ndarray]:
+    """(cos, sin), each (text_tokens + grid_h * grid_w, head_dim) float32: identity rows (cos 1, sin 0) for the
+    glyph tokens in front of a row-major patch grid.
 
     Each head is laid out as [row freqs | column freqs] twice (rotate-half layout): the first quarter
-    rotates with the patch row, the second with the column, and the second half repeats the first.
+    rotates with the patch row, the second with the column, and the second half repeats the first. The glyph
+    tokens are not rotated; identity rows leave them exactly as they are (x * 1 + x' * 0), so one rotary pass
+    covers the joint [text | image] sequence instead of slicing q and k and concatenating them in every block.
     """
     if head_dim % 4:
         raise ValueError(f"head_dim={head_dim} must be a multiple of 4 for the 2-D rotary embedding")
-    if grid_h < 1 or grid_w < 1:
-        raise ValueError(f"patch grid must be at least 1x1, got {grid_h}x{grid_w}")
+    if grid_h < 1 or grid_w < 1 or text_tokens < 0:
+        raise ValueError(f"patch grid must be at least 1x1 after >= 0 text tokens, got {grid_h}x{grid_w} after "
+                         f"{text_tokens}")
     f32 = np.float32
     half = head_dim // 2
     exponent = np.arange(0, half, 2, dtype=f32)[: half // 2] / f32(half)
@@ -27,4 +32,6 @@ def rotary_tables(head_dim: int, grid_h: int, grid_w: int, theta: float = 10000.
     freqs = np.concatenate([np.broadcast_to(rows[:, None, :], (grid_h, grid_w, quarter)),
                             np.broadcast_to(cols[None, :, :], (grid_h, grid_w, quarter))], axis=-1)
     freqs = np.concatenate([freqs, freqs], axis=-1).reshape(grid_h * grid_w, head_dim)
-    return np.cos(freqs).astype(f32), np.sin(freqs).astype(f32)
+    text = np.zeros((text_tokens, head_dim), f32)
+    return (np.concatenate([np.ones_like(text), np.cos(freqs).astype(f32)]),
+            np.concatenate([text, np.sin(freqs).astype(f32)]))

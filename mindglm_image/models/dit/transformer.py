@@ -149,12 +149,13 @@ class GlmImageAttention(nn.Cell):
         self.rotary = resolve("rotary").fn
         self.attention = resolve("attention").fn
 
-    def _rotate_image_tokens(self, x, n_text: int, rope_cos, rope_sin):
-        """Rotary on the image tokens of (B, S, H, d); the first ``n_text`` (glyph) tokens pass unrotated."""
-        cos, sin = rope_cos.unsqueeze(1), rope_sin.unsqueeze(1)  # (S_img, d) -> (S_img, 1, d): all heads
-        if n_text == 0:
-            return self.rotary(x, cos, sin)
-        return mint.cat((x[:, :n_text], self.rotary(x[:, n_text:], cos, sin)), 1)
+    def _rotate(self, x, rope_cos, rope_sin):
+        """Rotary over the joint [text | image] sequence of (B, S, H, d); the tables' text rows are the identity
+        (``rotary_tables(text_tokens=T)``), so the glyph tokens pass unrotated without slicing x."""
+        if rope_cos.shape[0] != x.shape[1]:  # static shapes: raised while compiling
+            raise ValueError(f"rotary tables have {rope_cos.shape[0]} rows for a sequence of {x.shape[1]} tokens; "
+                             f"build them with transformer_inputs (text rows first, then the patches)")
+        return self.rotary(x, rope_cos.unsqueeze(1), rope_sin.unsqueeze(1))  # (S, d) -> (S, 1, d): all heads
 
     def construct(self, hidden_states, encoder_hidden_states, rope_cos, rope_sin, cache_key, cache_value,
                   text_bias=None, cache_bias=None):
@@ -163,13 +164,13 @@ class GlmImageAttention(nn.Cell):
         (None: all attended)."""
         b, n_image = hidden_states.shape[0], hidden_states.shape[1]
         n_text = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
-        # 1. projections of the joint [text | image] sequence, qk layer-norm, rotary on image tokens
+        # 1. projections of the joint [text | image] sequence, qk layer-norm, rotary (identity on text tokens)
         tokens = hidden_states if encoder_hidden_states is None else mint.cat((encoder_hidden_states, hidden_states), 1)
         query = self.layer_norm(self.to_q(tokens).reshape(b, -1, self.heads, self.head_dim), _NORM_EPS)
         key = self.layer_norm(self.to_k(tokens).reshape(b, -1, self.heads, self.head_dim), _NORM_EPS)
         value = self.to_v(tokens).reshape(b, -1, self.heads, self.head_dim)
-        query = self._rotate_image_tokens(query, n_text, rope_cos, rope_sin)
-        key = self._rotate_image_tokens(key, n_text, rope_cos, rope_sin)
+        query = self._rotate(query, rope_cos, rope_sin)
+        key = self._rotate(key, rope_cos, rope_sin)
         # 2. keys/values are [cache | text | image]; only the text part carries padding
         all_keys, all_values = key, value
         if cache_key is not None:
@@ -421,7 +422,8 @@ def transformer_inputs(config: GlmImageTransformerConfig, hidden_states, encoder
         if not mask.any(axis=1).all():
             raise ValueError("encoder_attention_mask masks every glyph token of a sample; keep at least one")
         text_bias = Tensor(np.where(mask, np.float32(0), np.float32(MASKED)))
-    cos, sin = _rotary(config.attention_head_dim, h // p, w // p)
+    cos, sin = _rotary(config.attention_head_dim, h // p, w // p,
+                       0 if encoder_hidden_states is None else encoder_hidden_states.shape[1])
     return (graph_input("hidden_states", hidden_states, ms.float32),
             None if encoder_hidden_states is None else
             graph_input("encoder_hidden_states", encoder_hidden_states, ms.float32),
@@ -432,7 +434,7 @@ def transformer_inputs(config: GlmImageTransformerConfig, hidden_states, encoder
 
 
 @functools.lru_cache(maxsize=16)
-def _rotary(head_dim: int, grid_h: int, grid_w: int) -> tuple[Tensor, Tensor]:
-    cos, sin = rotary_tables(head_dim, grid_h, grid_w)
+def _rotary(head_dim: int, grid_h: int, grid_w: int, text_tokens: int) -> tuple[Tensor, Tensor]:
+    cos, sin = rotary_tables(head_dim, grid_h, grid_w, text_tokens)
     return Tensor(cos), Tensor(sin)
 
