@@ -59,13 +59,16 @@ class StaticGraph:
         return sum(len(graph.compile_cache) for graph in self._graphs.values())
 
 
-def static_graph(cell: nn.Cell, method: str = "construct") -> StaticGraph:
+def static_graph(cell: nn.Cell, method: str = "construct", wrapper: type[nn.Cell] | None = None) -> StaticGraph:
     """``cell``'s ``StaticGraph`` of ``method``, made on first use and kept on the cell, so that it lives as long as
-    the cell (a model passed to a stateless loop function keeps its compiled graphs from one call to the next)."""
+    the cell (a model passed to a stateless loop function keeps its compiled graphs from one call to the next).
+    ``wrapper``: a Cell class built once around the cell (``wrapper(cell)``, e.g. a loop step that adds work
+    around one of the model's methods), whose graph is kept instead."""
     graphs = cell.__dict__.get("_static_graphs")
     if graphs is None:
         graphs = {}
         object.__setattr__(cell, "_static_graphs", graphs)  # a plain attribute: not a sub-cell, not compiled
-    if method not in graphs:
-        graphs[method] = StaticGraph(cell, method)
-    return graphs[method]
+    key = wrapper or method
+    if key not in graphs:
+        graphs[key] = StaticGraph(wrapper(cell)) if wrapper is not None else StaticGraph(cell, method)
+    return graphs[key]

@@ -12,7 +12,7 @@ from mindglm_image.models.dit.kv_cache import GlmImageKVCache
 from mindglm_image.models.dit.transformer import GlmImageTransformer2DModel
 from mindglm_image.graph_calls import static_graph
 from mindglm_image.pipeline import denoise as denoise_module
-from mindglm_image.pipeline.denoise import DenoiseConfig, denoise
+from mindglm_image.pipeline.denoise import DenoiseConfig, DenoiseStep, denoise
 from mindglm_image.scheduler.flow_match import FlowMatchEulerScheduler, FlowMatchEulerSchedulerConfig
 from parity_utils import assert_parity, load_converted, rel_error
 
@@ -117,20 +117,27 @@ def test_unguided_loop_with_cache_equals_host_loop(dit):
 
 
 class _NonFiniteAtCall:
-    """A DiT call (the host loop's model, or the device loop's velocity graph), but its ``k``-th call returns inf
-    in one value (a stand-in for an overflow mid-loop)."""
+    """A call whose ``k``-th call goes non-finite in one value (a stand-in for an overflow mid-loop): the host
+    loop's DiT returns inf in one velocity value; the device loop's step graph (DiT and sampler step in one
+    graph) gets inf in one value of its ``latents`` input, so the step's own check must find and record it."""
 
-    def __init__(self, call, k):
+    def __init__(self, call, k, poison_input: int | None = None):
         self.call, self.config, self.k, self.calls = call, getattr(call, "config", None), k, 0
+        self.poison_input = poison_input  # which input to poison, None: the output
+
+    @staticmethod
+    def _poisoned(tensor):
+        values = tensor.asnumpy().copy()
+        values.flat[0] = np.inf
+        return ms.Tensor(values)
 
     def __call__(self, *inputs):
         self.calls += 1
+        if self.calls == self.k and self.poison_input is not None:
+            i = self.poison_input
+            inputs = (*inputs[:i], self._poisoned(inputs[i]), *inputs[i + 1:])
         out = self.call(*inputs)
-        if self.calls != self.k:
-            return out
-        values = out.asnumpy().copy()
-        values.flat[0] = np.inf
-        return ms.Tensor(values)
+        return self._poisoned(out) if self.calls == self.k and self.poison_input is None else out
 
 
 @pytest.mark.parametrize("device_loop", [True, False])
@@ -140,10 +147,10 @@ def test_non_finite_velocity_names_its_step(dit, device_loop, monkeypatch):
     calls_per_step = 1 if device_loop else 2
     k = 2 * calls_per_step + 1  # the first call of step 3
     model = dit
-    if device_loop:  # the device loop calls the DiT's velocity graph, through static_graph
-        velocity = _NonFiniteAtCall(static_graph(dit, "denoise_step"), k)
-        monkeypatch.setattr(denoise_module, "static_graph", lambda cell, method="construct": (
-            velocity if method == "denoise_step" else static_graph(cell, method)))
+    if device_loop:  # the device loop calls one step graph a step, through static_graph(..., wrapper=DenoiseStep)
+        step = _NonFiniteAtCall(static_graph(dit, wrapper=DenoiseStep), k, poison_input=1)
+        monkeypatch.setattr(denoise_module, "static_graph", lambda cell, method="construct", wrapper=None: (
+            step if wrapper is DenoiseStep else static_graph(cell, method, wrapper)))
     else:
         model = _NonFiniteAtCall(dit, k)
     cfg = DenoiseConfig(num_inference_steps=4, guidance_scale=1.5, progress=False, device_loop=device_loop)

@@ -5,6 +5,7 @@ import pytest
 
 from mindglm_image.generation.sampling import SamplingConfig
 from mindglm_image.graph_calls import static_graph
+from mindglm_image.pipeline.denoise import DenoiseStep
 from mindglm_image.pipeline.glm_image_pipeline import GlmImagePipeline
 from mindglm_image.tiny_model import make_tiny_model
 
@@ -34,14 +35,14 @@ def test_ar_prefill_and_decode_graphs_reused_across_prompts(pipe):
 
 
 def test_dit_cond_and_uncond_share_one_graph_across_prompt_lengths(pipe):
-    """Glyph embeddings are padded (masked) to a 32-token bucket for both CFG passes: one DiT graph serves
-    the conditional and unconditional calls of prompts with 1-22 quoted bytes (each graph holds all its
+    """Glyph embeddings are padded (masked) to a 32-token bucket for both CFG passes: one step graph (the DiT
+    and the sampler step) serves the conditional and unconditional rows of prompts with 1-22 quoted bytes (each graph holds all its
     intermediate buffers, ~2 GB at 512 px for a mid-size DiT)."""
     for prompt in ['a sign "hi"', "no quotes", '"' + "x" * 20 + '"']:
         pipe(prompt, height=64, width=64, num_inference_steps=1, progress=False)
-    assert static_graph(pipe.transformer, "denoise_step").compiled_graphs == 1
+    assert static_graph(pipe.transformer, wrapper=DenoiseStep).compiled_graphs == 1
     assert static_graph(pipe.transformer, "prepare_denoising").compiled_graphs == 1
     # another step count: only the small graph that embeds every step's time compiles again, not the DiT step
     pipe('a sign "hi"', height=64, width=64, num_inference_steps=2, progress=False)
-    assert static_graph(pipe.transformer, "denoise_step").compiled_graphs == 1
+    assert static_graph(pipe.transformer, wrapper=DenoiseStep).compiled_graphs == 1
     assert static_graph(pipe.transformer, "prepare_denoising").compiled_graphs == 2

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from mindspore import Tensor, nn
 
-from mindglm_image.ops import (adamw_ema, ascendc, attention, cpu_twins, gated_activation, gated_residual, gelu,
-                                layer_norm, linear, registry, rms_norm, rotary, sample_token)
+from mindglm_image.ops import (adamw_ema, ascendc, attention, cpu_twins, euler_step, gated_activation, gated_residual,
+                               gelu, layer_norm, linear, registry, rms_norm, rotary, sample_token)
 from mindglm_image.ops.attention import MASKED
 
 # operator -> (Ascend implementation, the MindSpore built-in it calls)
@@ -66,13 +66,14 @@ def test_mode_defaults_and_bad_value(monkeypatch):
 def test_cpu_fused_resolution():
     """CPU twins where they exist (every op with an Ascend built-in, and GeLU), the composite elsewhere."""
     kinds = {op: registry.kind_of(op, "CPU", "fused")
-             for op in (*ASCEND, "gelu", "sample_step", "conv2d", "adamw_ema")}
+             for op in (*ASCEND, "gelu", "sample_step", "guided_euler_step", "conv2d", "adamw_ema")}
     assert kinds == {"attention": "cpu_twin", "rms_norm": "cpu_twin", "add_rms_norm": "cpu_twin",
                      "ada_layer_norm": "cpu_twin", "layer_norm": "cpu_twin", "rotary": "cpu_twin",
                      "swiglu": "cpu_twin", "gated_residual": "cpu_twin", "linear": "cpu_twin", "gelu": "cpu_twin", "sample_step": "cpu_twin",
-                     "conv2d": "composite", "adamw_ema": "composite"}
+                     "guided_euler_step": "cpu_twin", "conv2d": "composite", "adamw_ema": "composite"}
     assert registry.resolve("gelu", "Ascend", "fused").fn is gelu.gelu  # the built-in kernel there
     assert registry.resolve("sample_step", "Ascend", "fused").fn is sample_token.sample_step  # no fused op
+    assert registry.resolve("guided_euler_step", "Ascend", "fused").fn is euler_step.guided_euler_step
 
 
 def test_missing_compiler_falls_back(monkeypatch, tmp_path, caplog):
@@ -233,6 +234,36 @@ def test_sample_step_twin(vocab):
             assert (np.delete(tokens, 3, axis=1) == np.delete(buffer.asnumpy(), 3, axis=1)).all()
             if limit < vocab:
                 assert new_flags.tolist()[:2] == ([4, 3] if flags[0] == 0 else [2, 7])
+
+
+@pytest.mark.parametrize("guided", [True, False])
+@pytest.mark.parametrize("shape", [(1, 4, 6, 6), (2, 3, 5, 7)])  # odd sizes, one and two samples
+def test_guided_euler_step_twin(shape, guided):
+    """The GuidedEulerStep kernel equals the composite bit for bit (new latents, the next DiT input, the record):
+    the guidance mix and the Euler step against numpy's, a first non-finite step recorded, an earlier one kept."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal(shape).astype(np.float32)
+    out = rng.standard_normal(((2 if guided else 1) * shape[0],) + shape[1:]).astype(np.float32)
+    sigmas = np.linspace(1.0, 0.0, 6).astype(np.float32) ** 1.3
+    g = np.float32(2.5)
+    v = out[shape[0]:] + g * (out[:shape[0]] - out[shape[0]:]) if guided else out
+    expected = x + (sigmas[3] - sigmas[2]) * v
+    for bad_values, record, want in ((0, (-1, 0), (-1, 0)), (3, (-1, 0), (2, 3)), (3, (1, 9), (1, 9))):
+        out_bad = out.copy()
+        out_bad.reshape(-1)[:bad_values] = np.nan
+        args = (Tensor(out_bad), Tensor(x), Tensor(sigmas[3] - sigmas[2]), Tensor(2, ms.int32), Tensor(g),
+                Tensor(np.array(record, np.int32)))
+        composite, twin = _both("guided_euler_step", args)
+        for a, b in zip(composite, twin):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            np.testing.assert_array_equal(b.asnumpy(), a.asnumpy())
+        latents, model_input, new_record = (t.asnumpy() for t in twin)
+        assert new_record.tolist() == list(want)
+        np.testing.assert_array_equal(model_input, np.concatenate([latents] * (2 if guided else 1)))
+        if not bad_values:
+            np.testing.assert_array_equal(latents, expected)
+        else:
+            assert np.isnan(latents).sum() == bad_values
 
 
 def _causal(batch, seq, keys, valid):

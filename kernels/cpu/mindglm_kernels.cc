@@ -605,6 +605,49 @@ int GatedResidual(int nparam, void **params, int *ndims, int64_t **shapes, const
   return 0;
 }
 
+// GuidedEulerStep(output (R, ...), latents (B, ...), dt (), index (), guidance (), record (2,) int32) ->
+// (latents_out (B, ...), model_input (R, ...), record_out (2,)): ops/euler_step.py's guided_euler_step. R = 2B:
+// v = u + g (c - u) from the [cond | uncond] rows, R = B: v = output; latents_out = x + dt v;
+// model_input = latents_out (twice when R = 2B); record_out = (index, non-finite count) at the first step whose
+// latents were not finite, else record. Each value rounded as the composite's separate operations: no a * b + c
+// contracted into an FMA here (GCC contracts by default), so the result equals the composite bit for bit.
+__attribute__((optimize("fp-contract=off"))) int GuidedEulerStep(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  if (nparam != 9) return 1;
+  const float *out = static_cast<const float *>(params[0]);
+  const float *x = static_cast<const float *>(params[1]);
+  const float dt = *static_cast<const float *>(params[2]);
+  const int32_t index = *static_cast<const int32_t *>(params[3]);
+  const float guidance = *static_cast<const float *>(params[4]);
+  const int32_t *record = static_cast<const int32_t *>(params[5]);
+  float *y = static_cast<float *>(params[6]);
+  float *model_input = static_cast<float *>(params[7]);
+  int32_t *record_out = static_cast<int32_t *>(params[8]);
+  const int64_t rows = shapes[0][0], batch = shapes[1][0];
+  if (rows != batch && rows != 2 * batch) return 2;
+  const int64_t n = numel(ndims[1], shapes[1]);
+  int64_t bad = 0;
+  if (rows == batch) {
+#pragma omp simd reduction(+ : bad)
+    for (int64_t j = 0; j < n; ++j) {
+      y[j] = x[j] + dt * out[j];
+      bad += !std::isfinite(y[j]);
+    }
+  } else {
+    const float *uncond = out + n;
+#pragma omp simd reduction(+ : bad)
+    for (int64_t j = 0; j < n; ++j) {
+      y[j] = x[j] + dt * (uncond[j] + guidance * (out[j] - uncond[j]));
+      bad += !std::isfinite(y[j]);
+    }
+    std::memcpy(model_input + n, y, sizeof(float) * n);
+  }
+  std::memcpy(model_input, y, sizeof(float) * n);
+  const bool first = bad > 0 && record[0] < 0;
+  record_out[0] = first ? index : record[0];
+  record_out[1] = first ? static_cast<int32_t>(bad) : record[1];
+  return 0;
+}
+
 // SampleStep(logits (B, V), index (1,), uniforms (B, N), params (4), limits (N,), finished (B,), flags (3,),
 // tokens (B, N), end (1,); all int32 but logits/uniforms/params) -> (token (B, 1), finished, flags, tokens):
 // ops/sample_token.py's sample_step. Token `index` of each row is sampled (sample_row) with uniform

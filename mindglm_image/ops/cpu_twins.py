@@ -20,7 +20,7 @@ from pathlib import Path
 import mindspore as ms
 from mindspore import mint, nn, ops
 
-from . import attention, gated_activation, gated_residual, gelu, layer_norm, linear, rms_norm, rotary
+from . import attention, euler_step, gated_activation, gated_residual, gelu, layer_norm, linear, rms_norm, rotary
 
 SOURCE = Path(__file__).resolve().parents[2] / "kernels" / "cpu" / "mindglm_kernels.cc"
 _FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
@@ -261,9 +261,26 @@ class SampleStepTwin(nn.Cell):
         return self.kernel(logits.astype(ms.float32), index, uniforms, params, limits, finished, flags, tokens, end)
 
 
+class GuidedEulerStepTwin(nn.Cell):
+    """``guided_euler_step`` by the C++ kernel ``GuidedEulerStep``: one pass over the latents where the composite
+    runs about 20 kernels (the guidance mix, the step, the non-finite count and record, the
+    doubled next input)."""
+
+    def __init__(self):
+        super().__init__()
+        shapes = lambda out, x, dt, index, guidance, record: (x, out, record)  # noqa: E731
+        self.kernel = _custom("GuidedEulerStep", shapes, lambda out, x, *rest: (ms.float32, ms.float32, ms.int32))
+
+    def construct(self, output, latents, dt, index, guidance, record):
+        if latents.dtype != ms.float32:
+            return euler_step.guided_euler_step(output, latents, dt, index, guidance, record)
+        return self.kernel(output.astype(ms.float32), latents, dt, index, guidance, record)
+
+
 _TWINS = {"rms_norm": RmsNormTwin, "add_rms_norm": AddRmsNormTwin, "layer_norm": LayerNormTwin,
           "ada_layer_norm": AdaLayerNormTwin, "attention": AttentionTwin, "linear": LinearTwin, "rotary": RotaryTwin,
-          "swiglu": SwiGluTwin, "gated_residual": GatedResidualTwin, "gelu": GeluTwin, "sample_step": SampleStepTwin}
+          "swiglu": SwiGluTwin, "gated_residual": GatedResidualTwin, "gelu": GeluTwin, "sample_step": SampleStepTwin,
+          "guided_euler_step": GuidedEulerStepTwin}
 
 
 TWIN_TYPES = tuple(_TWINS.values())

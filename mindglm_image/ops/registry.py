@@ -20,8 +20,8 @@ from typing import Callable, Iterator
 
 import mindspore as ms
 
-from . import (adamw_ema, ascendc, attention, conv2d, cpu_twins, gated_activation, gated_residual, gelu, layer_norm,
-               linear, rms_norm, rotary, sample_token)
+from . import (adamw_ema, ascendc, attention, conv2d, cpu_twins, euler_step, gated_activation, gated_residual, gelu,
+               layer_norm, linear, rms_norm, rotary, sample_token)
 
 KERNEL_MODES = ("composite", "fused")
 _ENV = "MINDGLM_KERNELS"
@@ -52,6 +52,7 @@ _OPS: dict[str, tuple[Callable, Callable | None]] = {
     "gated_residual": (gated_residual.gated_residual, gated_residual.gated_residual_ascend),
     "gelu": (gelu.gelu, None),  # the built-in GeLU on every device; a CPU twin for the tanh form
     "sample_step": (sample_token.sample_step, None),  # no Ascend fused op: the composite on Ascend
+    "guided_euler_step": (euler_step.guided_euler_step, None),  # no Ascend fused op: the composite on Ascend
     "adamw_ema": (adamw_ema.AdamWEma, None),  # a Cell class: built with the optimizer's attributes (resolve)
 }
 # operator -> AscendC custom cell used on Ascend instead of the built-in when our op package is installed

@@ -1,12 +1,12 @@
 """The DiT denoising loop with classifier-free guidance, as GlmImagePipeline runs it.
 
-Each step is ONE DiT call over a doubled batch, timestep ``t - 1``: rows [0, B) are the conditional pass
-(glyph embeddings, prior tokens kept, reference-image KV cache read), rows [B, 2B) the unconditional pass
-(negative embeddings, prior tokens dropped, cached keys masked off by ``cache_bias``). ``GuidedEulerStep``,
-a small compiled graph, mixes the two halves with the guidance scale in fp32 and takes the flow-match Euler
-step with the sigmas held on the device. The loop never waits for the device: every input that does not
-change (prior ids, drop masks, sizes, glyph embeddings and their mask, rotary tables, the cache, the
-per-step timesteps) is uploaded once before it, the DiT's step-invariant part (projected prior tokens and glyph
+Each step is ONE graph call (``DenoiseStep``): one DiT pass over a doubled batch, timestep ``t - 1``: rows [0, B)
+are the conditional pass (glyph embeddings, prior tokens kept, reference-image KV cache read), rows [B, 2B) the
+unconditional pass (negative embeddings, prior tokens dropped, cached keys masked off by ``cache_bias``); then the
+operator ``guided_euler_step`` mixes the two halves with the guidance scale in fp32 and takes the flow-match Euler
+step. The loop never waits for the device: every input that does not change (prior ids, drop masks, sizes, glyph
+embeddings and their mask, rotary tables, the cache, the per-step timesteps and ``dt = sigmas[i + 1] - sigmas[i]``)
+is uploaded once before it, the DiT's step-invariant part (projected prior tokens and glyph
 embeddings, every step's time embedding: ``prepare_denoising``) is computed once by one graph call, and the final
 latents are read back once at the end.
 The price of batching: one call holds both passes' activations (twice a pass's; the composite attention's
@@ -30,18 +30,18 @@ float summation order (~1e-7).
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import mindspore as ms
 import numpy as np
-from mindspore import Tensor, mint, nn, ops
+from mindspore import Tensor, mint, nn
 from tqdm import tqdm
 
 from ..finite import check_finite, non_finite_error
-from ..graph_calls import StaticGraph, static_graph
+from ..graph_calls import static_graph
 from ..graph_inputs import bucketed, graph_input
 from ..models.dit.kv_cache import GlmImageKVCache
 from ..models.dit.transformer import transformer_inputs
+from ..ops import inference_cells, resolve
 from ..scheduler.flow_match import FlowMatchEulerScheduler, image_seq_len
 
 
@@ -73,35 +73,26 @@ def pad_glyph(embeddings, mask: np.ndarray | None, length: int) -> tuple[np.ndar
     return np.pad(emb, ((0, 0), (pad, 0), (0, 0))), np.pad(keep, ((0, 0), (pad, 0)))
 
 
-class GuidedEulerStep(nn.Cell):
-    """One sampler step on the device: the guided mix ``uncond + g * (cond - uncond)`` of a [cond | uncond] DiT
-    output in fp32 (``guided``; else the output is the velocity), then ``x + (sigmas[i + 1] - sigmas[i]) * v``.
+class DenoiseStep(nn.Cell):
+    """One denoising step as one graph: the DiT over the [cond | uncond] rows (``denoise_step``), then the
+    operator ``guided_euler_step`` (guidance mix in fp32, the Euler step, the non-finite record). Returns the new
+    latents, the next DiT input and the record. Its inputs are one step's (time embedding, ``dt``, index), so one
+    graph serves every step count.
 
-    Returns the new latents (B, ...), the next DiT input (the latents twice when guided) and the non-finite
-    record: int32 (first step whose latents were not finite, their count), (-1, 0) while all are finite.
+    Built inside ``inference_cells`` (never trained), so the step operator is the CPU twin there; the
+    transformer is held, not copied (``auto_prefix=False`` keeps its parameter names).
     """
 
-    def __init__(self, guided: bool):
-        super().__init__()
-        self.guided = guided
+    def __init__(self, transformer: nn.Cell):
+        super().__init__(auto_prefix=False)
+        self.transformer = transformer
+        with inference_cells():
+            self.euler_step = resolve("guided_euler_step").fn
 
-    def construct(self, output, latents, sigmas, index, guidance, record):
-        velocity = output.astype(ms.float32)
-        if self.guided:
-            cond, uncond = mint.chunk(velocity, 2, 0)
-            velocity = uncond + guidance * (cond - uncond)
-        latents = latents + (sigmas[index + 1] - sigmas[index]) * velocity
-        bad = mint.logical_not(mint.isfinite(latents)).sum().astype(ms.int32)
-        first = mint.logical_and(bad > 0, record[0] < 0)
-        record = mint.where(first, ops.stack((index, bad)), record)
-        model_input = mint.cat((latents, latents)) if self.guided else latents
-        return latents, model_input, record
-
-
-@functools.lru_cache(maxsize=2)
-def _euler_step(guided: bool) -> StaticGraph:
-    """One instance per mode for the process: a compiled graph is cached per cell instance."""
-    return StaticGraph(GuidedEulerStep(guided))
+    def construct(self, model_input, latents, prior, text, temb, rope_cos, rope_sin, text_bias, dt, index,
+                  guidance, record, *cache):
+        velocity = self.transformer.denoise_step(model_input, prior, text, temb, rope_cos, rope_sin, text_bias, *cache)
+        return self.euler_step(velocity, latents, dt, index, guidance, record)
 
 
 def denoise(transformer: nn.Cell, scheduler: FlowMatchEulerScheduler, latents: np.ndarray, prior_ids: np.ndarray,
@@ -157,14 +148,16 @@ def _device_loop(transformer, scheduler, latents, prior_ids, passes, timesteps, 
     temb = mint.unbind(temb, 0)  # one (rows, D) tensor a step: the step graph stays the same for any step count
     cache = (() if kv_cache is None else
              kv_cache.read_inputs_guided(batch) if guided else kv_cache.read_inputs(batch))
-    sigmas, guidance = Tensor(scheduler.sigmas), Tensor(np.float32(cfg.guidance_scale))
+    sigmas = np.asarray(scheduler.sigmas, np.float32)
+    dts = [Tensor(d) for d in sigmas[1:] - sigmas[:-1]]  # fp32, rounded as the device would subtract them
     indices = [Tensor(i, ms.int32) for i in range(steps)]
-    step, dit = _euler_step(guided), static_graph(transformer, "denoise_step")
-    # 2. the loop: one DiT call and one step graph per step, nothing read back
+    guidance = Tensor(np.float32(cfg.guidance_scale))
+    step = static_graph(transformer, wrapper=DenoiseStep)
+    # 2. the loop: one graph call per step (DiT and sampler step), nothing read back
     x, record = graph_input("latents", latents, ms.float32), Tensor(np.array([-1, 0], np.int32))
     for i in tqdm(range(steps), desc="denoise", disable=not cfg.progress):
-        velocity = dit(model_input, prior, text, temb[i], rope_cos, rope_sin, text_bias, *cache)
-        x, model_input, record = step(velocity, x, sigmas, indices[i], guidance, record)
+        x, model_input, record = step(model_input, x, prior, text, temb[i], rope_cos, rope_sin, text_bias, dts[i],
+                                      indices[i], guidance, record, *cache)
     # 3. one readback; the record only when something went non-finite
     final = x.asnumpy()
     if not np.isfinite(final).all():
