@@ -57,6 +57,11 @@ CASES = {
     "ar_sample_step": {"op": "sample_step", "shapes": {"logits": (1, 16384), "index": (1,), "uniforms": (1, 2),
                                                        "params": (4,), "limits": (2,), "finished": (1,),
                                                        "flags": (3,), "tokens": (1, 2)}},
+    # the denoising loop's sampler step at 512 px (64 x 64 x 16 latents, CFG rows; torch: diffusers' guidance mix
+    # and FlowMatchEulerDiscreteScheduler.step's update, no non-finite check)
+    "dit_guided_euler_step_512px": {"op": "guided_euler_step", "shapes": {"output": (2, 16, 64, 64),
+                                                                          "latents": (1, 16, 64, 64), "dt": (),
+                                                                          "index": (), "guidance": (), "record": (2,)}},
     # a VAE decoder conv at 256 px (the built-in Conv2D on every device: no twin, so composite = twin)
     "vae_conv3x3_256px": {"op": "conv2d", "shapes": {"x": (1, 32, 256, 256), "w": (32, 32, 3, 3), "b": (32,)}},
 }
@@ -79,6 +84,9 @@ def _inputs(spec: dict) -> dict:
         arrays["limits"] = np.full(spec["shapes"]["limits"], spec["shapes"]["logits"][-1], np.int32)
         for name in ("index", "finished", "flags", "tokens"):
             arrays[name] = np.zeros(spec["shapes"][name], np.int32)
+    if spec["op"] == "guided_euler_step":
+        arrays.update(dt=np.float32(-0.05), index=np.int32(3), guidance=np.float32(1.5),
+                      record=np.array([-1, 0], np.int32))
     if "bias" in arrays:  # a padding mask: the first 4 keys of sample 0 masked
         arrays["bias"] = np.zeros_like(arrays["bias"])
         arrays["bias"][0, ..., :4] = _MASKED
@@ -110,6 +118,8 @@ def bench_ops(repeats: int) -> dict:
                 return self.fn(a, b, c, 1, 1)
             if self.op == "sample_step":
                 return self.fn(a, b, c, d, *rest, 2)
+            if self.op == "guided_euler_step":
+                return self.fn(a, b, c, d, *rest)
             if self.op == "attention":
                 return self.fn(a, b, c, 0.08838834764831845, d, self.layout)
             if self.op == "rms_norm":

@@ -627,20 +627,17 @@ __attribute__((optimize("fp-contract=off"))) int GuidedEulerStep(int nparam, voi
   const int64_t n = numel(ndims[1], shapes[1]);
   int64_t bad = 0;
   if (rows == batch) {
-#pragma omp simd reduction(+ : bad)
-    for (int64_t j = 0; j < n; ++j) {
-      y[j] = x[j] + dt * out[j];
-      bad += !std::isfinite(y[j]);
-    }
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) y[j] = x[j] + dt * out[j];
   } else {
     const float *uncond = out + n;
-#pragma omp simd reduction(+ : bad)
-    for (int64_t j = 0; j < n; ++j) {
-      y[j] = x[j] + dt * (uncond[j] + guidance * (out[j] - uncond[j]));
-      bad += !std::isfinite(y[j]);
-    }
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) y[j] = x[j] + dt * (uncond[j] + guidance * (out[j] - uncond[j]));
     std::memcpy(model_input + n, y, sizeof(float) * n);
   }
+  constexpr float kMax = std::numeric_limits<float>::max();
+#pragma omp simd reduction(+ : bad)
+  for (int64_t j = 0; j < n; ++j) bad += !(std::fabs(y[j]) <= kMax);  // NaN and +-inf; vectorises, isfinite does not
   std::memcpy(model_input, y, sizeof(float) * n);
   const bool first = bad > 0 && record[0] < 0;
   record_out[0] = first ? index : record[0];

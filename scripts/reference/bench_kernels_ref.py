@@ -61,6 +61,11 @@ def case(op, shapes, layout="BNSD"):
             token = token * unfinished + 2 * (1 - unfinished)
             return torch.cat((tokens, token[:, None]), -1), unfinished & (token != 2)
         return sample
+    if op == "guided_euler_step":  # diffusers: the guidance mix of the two halves, then the scheduler's x + dt * v
+        def euler_step():
+            cond, uncond = t["output"].chunk(2)
+            return t["latents"] + -0.05 * (uncond + 1.5 * (cond - uncond))
+        return euler_step
     if op == "conv2d":
         return lambda: F.conv2d(t["x"], t["w"], t["b"], padding=1)
     raise ValueError(op)
