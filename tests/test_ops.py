@@ -238,7 +238,7 @@ def test_sample_step_twin(vocab):
 
 @pytest.mark.parametrize("guided", [True, False])
 @pytest.mark.parametrize("shape", [(1, 4, 6, 6), (2, 3, 5, 7)])  # odd sizes, one and two samples
-def test_guided_euler_step_twin(shape, guided):
+def test_guided_euler_step_twin(shape, guided, parity_report):
     """The GuidedEulerStep kernel equals the composite bit for bit (new latents, the next DiT input, the record):
     the guidance mix and the Euler step against numpy's, a first non-finite step recorded, an earlier one kept."""
     rng = np.random.default_rng(6)
@@ -262,6 +262,7 @@ def test_guided_euler_step_twin(shape, guided):
         np.testing.assert_array_equal(model_input, np.concatenate([latents] * (2 if guided else 1)))
         if not bad_values:
             np.testing.assert_array_equal(latents, expected)
+            _close(composite[0], twin[0], 0, report=parity_report, name="guided_euler_step")
         else:
             assert np.isnan(latents).sum() == bad_values
 
