@@ -14,8 +14,8 @@ Host syncs: calls of ``mindspore.Tensor.asnumpy`` (every readback to the host ou
 counted in each of our processes (the engine's stage workers write their counts to files); the
 reference's are not counted. The engine's images are compared with the sequential ones (max uint8 step).
 
-``--sides`` picks a subset of the three; ``--stage-threads 0 2`` times one engine side per CPU thread budget of
-its stage workers (0, the default: the cores split evenly between them).
+``--sides`` picks a subset of the three; ``--stage-threads 0 1`` times one engine side per CPU thread budget of
+its stage workers (0, the default: all cores for each worker; 1 on the 2-core machine: the cores split evenly).
 
     .venv/bin/python scripts/bench_throughput.py --sizes tiny
 """
@@ -159,7 +159,7 @@ def main() -> None:
     parser.add_argument("--sides", nargs="+", choices=("reference", "sequential", "engine"),
                         default=["reference", "sequential", "engine"])
     parser.add_argument("--stage-threads", type=int, nargs="+", default=[0],
-                        help="CPU kernel threads per stage worker (EngineConfig; 0: the cores split evenly); "
+                        help="CPU kernel threads per stage worker (EngineConfig; 0: all cores for each); "
                              "several values: one engine side each")
     parser.add_argument("--ref-python", default=os.environ.get("MINDGLM_REF_PYTHON", str(ROOT / ".venv-ref/bin/python")))
     args = parser.parse_args()

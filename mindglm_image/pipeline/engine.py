@@ -57,7 +57,7 @@ class EngineConfig:
     ar_workers: int = 1                 # AR stage processes (processes mode)
     dit_workers: int = 1                # DiT + VAE stage processes (processes mode)
     device_ids: tuple[int, ...] = ()    # NPUs of the workers, AR workers' first (processes mode on Ascend)
-    stage_threads: int = 0              # CPU kernel threads per stage process (0: the cores split evenly)
+    stage_threads: int = 0              # CPU kernel threads per stage process (0: all cores for each)
     stall_timeout_s: float = 3600.0     # no item finished for this long: the stages count as hung
 
     def validate(self) -> None:
@@ -260,7 +260,11 @@ class _Workers:
 
             ctx = multiprocessing.get_context("spawn")  # MindSpore's runtime threads do not survive fork
             self.inbox, self.priors, self.results = ctx.Queue(), ctx.Queue(config.queue_size), ctx.Queue()
-            threads = config.stage_threads or max(1, (os.cpu_count() or 1) // (config.ar_workers + config.dit_workers))
+            # every core for each worker by default: a stage waiting on its queue holds none (the AR stage waits
+            # while the DiT stage works through a batch), and an even split left those cores idle; while both
+            # stages run, the OS shares the cores (README, Throughput: mid size +15% and +19% over the even split
+            # in two runs, tiny within noise)
+            threads = config.stage_threads or os.cpu_count() or 1
             ids = list(config.device_ids) or [None] * (config.ar_workers + config.dit_workers)
             stages = ["ar"] * config.ar_workers + ["dit"] * config.dit_workers
             for index, stage in enumerate(stages):
