@@ -611,7 +611,8 @@ int GatedResidual(int nparam, void **params, int *ndims, int64_t **shapes, const
 // model_input = latents_out (twice when R = 2B); record_out = (index, non-finite count) at the first step whose
 // latents were not finite, else record. Each value rounded as the composite's separate operations: no a * b + c
 // contracted into an FMA here (GCC contracts by default), so the result equals the composite bit for bit.
-__attribute__((optimize("fp-contract=off"))) int GuidedEulerStep(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+__attribute__((optimize("fp-contract=off")))
+int GuidedEulerStep(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
   if (nparam != 9) return 1;
   const float *out = static_cast<const float *>(params[0]);
   const float *x = static_cast<const float *>(params[1]);

@@ -263,8 +263,7 @@ class SampleStepTwin(nn.Cell):
 
 class GuidedEulerStepTwin(nn.Cell):
     """``guided_euler_step`` by the C++ kernel ``GuidedEulerStep``: one pass over the latents where the composite
-    runs about 20 kernels (the guidance mix, the step, the non-finite count and record, the
-    doubled next input)."""
+    runs about 20 kernels (the guidance mix, the step, the non-finite count and record, the doubled next input)."""
 
     def __init__(self):
         super().__init__()
