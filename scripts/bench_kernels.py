@@ -44,6 +44,9 @@ CASES = {
     # one prompt with a bias, and the engine's batch of 8 prompts
     "ar_decode_linear": {"op": "linear", "shapes": {"x": (1, 1, 1024), "w": (16384, 1024), "b": (16384,)}},
     "ar_decode_linear_batch8": {"op": "linear", "shapes": {"x": (8, 1, 1024), "w": (16384, 1024)}},
+    # the DiT feed-forward's first projection at 512 px, CFG rows (2 x 1100 tokens, 1024 -> 4096): a GEMM, where
+    # the twin is MatMul too (LinearTwin leaves many-row products to it); the step's time is mostly such GEMMs
+    "dit_ff_linear_512px": {"op": "linear", "shapes": {"x": (2, 1100, 1024), "w": (4096, 1024), "b": (4096,)}},
     # the DiT's 2-D rope on a 512x512 image's queries (B, S, H, d) with one table for all heads, and the AR
     # MLP's SwiGLU over a 256-token prompt at intermediate size 4096
     "dit_rotary_512px": {"op": "rotary", "shapes": {"x": (2, 1024, 8, 128), "cos": (1024, 1, 128), "sin": (1024, 1, 128)}},

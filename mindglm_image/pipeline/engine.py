@@ -263,7 +263,7 @@ class _Workers:
             # every core for each worker by default: a stage waiting on its queue holds none (the AR stage waits
             # while the DiT stage works through a batch), and an even split left those cores idle; while both
             # stages run, the OS shares the cores (README, Throughput: mid size +15% and +19% over the even split
-            # in two runs, tiny within noise)
+            # in two runs, tiny +4% and +6%)
             threads = config.stage_threads or os.cpu_count() or 1
             ids = list(config.device_ids) or [None] * (config.ar_workers + config.dit_workers)
             stages = ["ar"] * config.ar_workers + ["dit"] * config.dit_workers
